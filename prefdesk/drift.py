@@ -276,3 +276,14 @@ def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings) -> DriftR
         for gp, gr, k, w in zip(pol["gens"], ref["gens"], kl, wins)
     ]
     return DriftResult(metrics, samples)
+
+
+def evaluate_adapter(cfg, adapter: str | Path | None, evalset: EvalSet | None = None) -> DriftResult:
+    """Drift of a saved adapter (or of an untouched LoRA when None) against the reference."""
+    from prefdesk.evalsets import load_evalset
+    from prefdesk.models import build_policy
+
+    policy = build_policy(cfg.model, adapter=adapter, trainable=False)
+    if evalset is None:
+        evalset = load_evalset(cfg.data.eval, cfg.eval.refusal_sets, cfg.eval.factuality)
+    return evaluate(policy, evalset, cfg.eval)

@@ -86,3 +86,14 @@ class Tracker:
             self._client.log_artifacts(self.run_id, path, artifact_path)
         else:
             self._client.log_artifact(self.run_id, path, artifact_path)
+
+
+def start_run(experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create a run explicitly (not `mlflow.start_run`), so any thread can log to it by id."""
+    c = client()
+    run = c.create_run(ensure_experiment(experiment), run_name=run_name, tags=tags or {})
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status=status)

@@ -1,0 +1,29 @@
+"""One optimizer run: plugin lookup, parameter parsing, policy construction, fit.
+
+Shared by the flow's train task and `prefdesk train`, so both run exactly the same path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from prefdesk import plugin
+from prefdesk.config import PrefdeskConfig
+from prefdesk.models import build_policy
+from prefdesk.pairs import Pair
+from prefdesk.plugin import TrainResult
+from prefdesk.tracking import Tracker
+
+
+def train_adapter(cfg: PrefdeskConfig, pairs: Sequence[Pair], output_dir: str | Path, tracker: Tracker) -> TrainResult:
+    if not pairs:
+        raise ValueError("no accepted pairs to train on")
+    cls = plugin.load(cfg.train.optimizer)
+    raw = {"seed": cfg.model.seed, "max_length": cfg.data.max_length, **cfg.train.params, "output_dir": str(output_dir)}
+    params = plugin.parse_params(cls, raw)
+    tracker.log_params({f"optimizer.{k}": v for k, v in params.model_dump().items()})
+    policy = build_policy(cfg.model)
+    tracker.set_tags({"prefdesk.optimizer": cls.name, "prefdesk.quantized": str(policy.quantized).lower(),
+                      "prefdesk.dtype": str(policy.dtype).replace("torch.", "")})
+    return cls().fit(policy, list(pairs), params, tracker)
