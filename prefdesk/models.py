@@ -133,10 +133,8 @@ def want_4bit(setting: str) -> bool:
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    if name == TINY_MODEL:
-        path = ensure_tokenizer()
-    elif name == EMBEDDED_MODEL:
-        path = ensure_embedded()
+    if name in (TINY_MODEL, EMBEDDED_MODEL):
+        path = ensure_tokenizer()  # the same tokenizer, without converting the whole model
     else:
         path = Path(name)
     tok = AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,295 @@
+"""`prefdesk`: one entry point for the nightly flow and its parts.
+
+The CLI is the top of the stack: it composes the layers (flows, validations) lazily inside
+each command, so `prefdesk --help` stays instant and no layer below imports one above.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prefdesk.config import home, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="prefdesk: the preference desk.")
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (mirrors the pydantic config)")
+SetOpt = typer.Option(None, "--set", "-s", help="override one field: KEY=VALUE (dotted path), repeatable")
+JsonOpt = typer.Option(False, "--json", help="print one JSON object instead of the report")
+
+
+def _prepare_env() -> None:
+    """State under PREFDESK_HOME: Prefect's database too, unless the user points elsewhere."""
+    os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "alembic", "mlflow", "great_expectations"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _config(config: Optional[Path], sets: Optional[list[str]]):
+    try:
+        return load_config(config, sets or [])
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+
+
+def render_summary(s: dict[str, Any], console: Console) -> None:
+    console.rule("[bold]prefdesk nightly run")
+    console.print(f"status: [bold]{s.get('status')}[/]")
+    d = s.get("data")
+    if d:
+        console.print(f"data: {d['rows_in']} pairs in, {d['accepted']} accepted, {d['quarantined']} quarantined "
+                      f"(quarantine file: {d['quarantine_path']})")
+        for f in d.get("failed", []):
+            console.print(f"  [red]data gate failed:[/] {f}")
+    if s.get("gates"):
+        t = Table(title="gates", show_lines=False)
+        t.add_column("gate")
+        t.add_column("result")
+        t.add_column("why")
+        for g in s["gates"]:
+            t.add_row(g["name"], "[green]pass[/]" if g["passed"] else "[red]FAIL[/]", g["reason"])
+        console.print(t)
+    for note in s.get("notes", []):
+        console.print(f"[bold yellow]{note}[/]")
+    reg = s.get("registry")
+    if reg:
+        verdict = "[green]promoted to champion[/]" if reg["promoted"] else "[yellow]not promoted[/] (challenger only)"
+        console.print(f"model: {reg['model_name']} version {reg['version']}, aliases {', '.join(reg['aliases'])}: {verdict}")
+    console.print(f"MLflow run: {s.get('run_id')} (experiment {s.get('experiment')}; `prefdesk ui` to browse)")
+    console.print(f"Prefect flow run: {s.get('flow_run_id')}")
+    console.print(f"files: {s.get('run_dir')}")
+
+
+@app.command()
+def run(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, json_: bool = JsonOpt) -> None:
+    """Run the nightly flow once (through Prefect) and print the summary."""
+    _prepare_env()
+    _config(config, set_)  # fail fast on a bad config, before Prefect starts
+    from flows.nightly import new_run_dir, nightly
+
+    run_dir = new_run_dir()
+    state = nightly(config_path=str(config) if config else None, overrides=list(set_ or []), run_dir=run_dir, return_state=True)
+    summary_file = Path(run_dir) / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": f"failed: {state.message}"}
+    if json_:
+        print(json.dumps(summary, default=str))
+    else:
+        render_summary(summary, out)
+    if state.is_failed():
+        raise typer.Exit(2 if str(summary.get("status", "")).startswith("stopped") else 1)
+
+
+@app.command()
+def validate(
+    paths: list[str] = typer.Argument(..., help="files, folders or embedded:NAME"),
+    format: str = typer.Option("auto", "--format", "-f", help="auto, jsonl, json, csv, parquet, ..."),
+    column: Optional[list[str]] = typer.Option(None, "--column", help="column mapping ROLE=NAME, repeatable"),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="where the report, quarantine and Data Docs go"),
+    json_: bool = JsonOpt,
+) -> None:
+    """Read and check pairs without training; print the data report. Exit 1 when a data gate fails."""
+    _prepare_env()
+    cfg = _config(config, set_)
+    cfg.data.format = format
+    for c in column or []:
+        role, _, name = c.partition("=")
+        cfg.data.columns[role] = name
+    from prefdesk.evalsets import load_evalset
+    from prefdesk.models import load_tokenizer
+    from prefdesk.readers import DataError
+    from validations.desk import run_data_desk
+
+    target = out_dir or home() / "validate" / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        evalset = load_evalset(cfg.data.eval, cfg.eval.refusal_sets, cfg.eval.factuality)
+        report = run_data_desk(paths, cfg.data, target, tokenizer=load_tokenizer(cfg.model.name),
+                               eval_prompts=evalset.all_prompt_texts())
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if json_:
+        print(json.dumps(report.to_dict(), default=str))
+    else:
+        report.render(out)
+    raise typer.Exit(0 if report.passed else 1)
+
+
+@app.command()
+def train(
+    optimizer: str = typer.Option(..., "--optimizer", "-o", help="plugin name (see `prefdesk plugins`)"),
+    data: list[str] = typer.Option(..., "--data", "-d", help="pair files or folders, repeatable"),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    json_: bool = JsonOpt,
+) -> None:
+    """Train one optimizer on pairs: no data gates, no drift gates, no promotion (for trying a plugin)."""
+    _prepare_env()
+    cfg = _config(config, [*(set_ or []), f"train.optimizer={optimizer}"])
+    from prefdesk.plugin import PluginError
+    from prefdesk.readers import DataError, read_pairs
+    from prefdesk.tracking import Tracker, end_run, start_run
+    from prefdesk.training import train_adapter
+
+    try:
+        result = read_pairs(list(data), cfg.data.format, cfg.data.columns or None)
+    except (DataError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for q in result.quarantined:
+        err.print(f"[yellow]quarantined[/] {q.source}:{q.line}: {q.reason}")
+    pairs = result.pairs[: cfg.data.limit] if cfg.data.limit else result.pairs
+    run_id = start_run(cfg.registry.experiment, run_name=f"train-{optimizer}", tags={"prefdesk.kind": "train"})
+    status = "FAILED"
+    try:
+        tracker = Tracker(run_id)
+        tracker.log_params(cfg.flatten())
+        res = train_adapter(cfg, pairs, home() / "train" / run_id, tracker)
+        tracker.log_artifact(res.adapter_path, "adapter")
+        status = "FINISHED"
+    except PluginError as exc:
+        _fail(str(exc))
+    finally:
+        end_run(run_id, status)
+    summary = {"optimizer": optimizer, "pairs": len(pairs), "quarantined": len(result.quarantined), "steps": res.steps,
+               "adapter": res.adapter_path, "run_id": run_id, "metrics": res.metrics}
+    if json_:
+        print(json.dumps(summary, default=str))
+    else:
+        out.print(f"trained [bold]{optimizer}[/] on {len(pairs)} pairs for {res.steps} steps -> {res.adapter_path}")
+        for k, v in sorted(res.metrics.items()):
+            out.print(f"  {k} = {v:.4g}")
+        out.print(f"MLflow run: {run_id}")
+
+
+def _adapter_from_registry(model_name: str, version: Optional[str], alias: Optional[str]) -> str:
+    import mlflow.artifacts
+
+    from prefdesk.tracking import client
+
+    c = client()
+    mv = c.get_model_version_by_alias(model_name, alias) if alias else c.get_model_version(model_name, version)
+    return mlflow.artifacts.download_artifacts(artifact_uri=mv.source)
+
+
+@app.command()
+def evaluate(
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="adapter folder"),
+    version: Optional[str] = typer.Option(None, "--version", help="registered model version"),
+    alias: Optional[str] = typer.Option(None, "--alias", help="registry alias, e.g. champion"),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    json_: bool = JsonOpt,
+) -> None:
+    """Drift metrics of an adapter or registered model against the reference."""
+    _prepare_env()
+    cfg = _config(config, set_)
+    from prefdesk.drift import DRIFT_NAMES, evaluate_adapter
+
+    if sum(x is not None for x in (adapter, version, alias)) != 1:
+        _fail("give exactly one of --adapter, --version, --alias")
+    path = str(adapter) if adapter else _adapter_from_registry(cfg.registry.model_name, version, alias)
+    result = evaluate_adapter(cfg, path)
+    if json_:
+        print(json.dumps(result.metrics))
+        return
+    t = Table(title=f"drift of {path}")
+    for col in ("metric", "policy", "reference"):
+        t.add_column(col)
+    for n in DRIFT_NAMES:
+        t.add_row(f"drift/{n}", f"{result.metrics[f'drift/{n}']:.4g}", f"{result.metrics[f'reference/drift/{n}']:.4g}")
+    out.print(t)
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="model version to make champion"),
+    model: Optional[str] = typer.Option(None, "--model", help="registered model name"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Move `champion` to a version whose gates passed; refuse one whose gates failed."""
+    _prepare_env()
+    cfg = _config(config, [])
+    from prefdesk.registry import PromotionRefused, promote_version
+
+    try:
+        reg = promote_version(model or cfg.registry.model_name, version)
+    except PromotionRefused as exc:
+        _fail(str(exc))
+    out.print(f"{reg.model_name} version {reg.version} is now champion")
+
+
+@app.command()
+def plugins(json_: bool = JsonOpt) -> None:
+    """List installed optimizer plugins (entry-point group prefdesk.optimizers) and their parameters."""
+    from prefdesk.plugin import describe
+
+    rows = describe()
+    if json_:
+        print(json.dumps(rows, default=str))
+        return
+    for row in rows:
+        out.print(f"[bold]{row['name']}[/]  ({row['entry_point']})  {row.get('doc', '')}")
+        if "error" in row:
+            out.print(f"  [red]cannot load:[/] {row['error']}")
+            continue
+        for k, p in row["params"].items():
+            out.print(f"    {k}: {p['type']} = {p['default']!r}")
+
+
+@app.command()
+def serve(cron: str = typer.Option("0 2 * * *", help="schedule (cron, server time zone)"),
+          config: Optional[Path] = ConfigOpt) -> None:
+    """Serve the nightly deployment on its schedule (needs a Prefect server: `prefdesk ui`)."""
+    _prepare_env()
+    from flows.nightly import nightly
+
+    params = {"config_path": str(config.resolve())} if config else {}
+    nightly.serve(name="prefdesk-nightly", cron=cron, parameters=params)
+
+
+@app.command()
+def ui(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
+    """Start the Prefect and MLflow UIs on loopback and print their addresses."""
+    import subprocess
+
+    _prepare_env()
+    from prefdesk.tracking import artifact_root, tracking_uri
+
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]),
+        subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--default-artifact-root",
+                          artifact_root(), "--host", "127.0.0.1", "--port", str(mlflow_port)]),
+    ]
+    out.print(f"Prefect UI: http://127.0.0.1:{prefect_port}   (export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api for `prefdesk serve`)")
+    out.print(f"MLflow UI:  http://127.0.0.1:{mlflow_port}")
+    try:
+        for p in procs:
+            p.wait()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from prefdesk.pairs import read_pairs_jsonl
+from prefdesk.training import train_adapter
+from tasks.common import config_of, tracker_of
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(accepted_path: str, config: dict[str, Any], run_dir: str, run_id: str) -> str:
+    """Run the configured optimizer plugin; returns the adapter folder."""
+    cfg = config_of(config)
+    pairs = read_pairs_jsonl(accepted_path)
+    if cfg.data.limit:
+        pairs = pairs[: cfg.data.limit]
+    result = train_adapter(cfg, pairs, Path(run_dir) / "train", tracker_of(run_id))
+    get_run_logger().info("train: %s, %d steps on %d pairs -> %s", cfg.train.optimizer, result.steps, len(pairs), result.adapter_path)
+    return result.adapter_path

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from prefdesk.evalsets import load_evalset
+from prefdesk.models import load_tokenizer
+from prefdesk.pairs import read_pairs_jsonl
+from prefdesk.tracking import client
+from tasks.common import config_of, table_rows, tracker_of
+from validations.desk import run_data_desk
+
+
+def _log_dataset(run_id: str, accepted_path: str, digest: str, sources: list[str]) -> None:
+    """The accepted pairs as the run's dataset input, so the UI shows what trained this model."""
+    import mlflow.data
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+
+    pairs = read_pairs_jsonl(accepted_path)
+    df = pd.DataFrame(
+        {"id": [p.id for p in pairs], "prompt": [p.prompt_text for p in pairs],
+         "chosen": [p.chosen for p in pairs], "rejected": [p.rejected for p in pairs]}
+    )
+    ds = mlflow.data.from_pandas(df, source=";".join(sources)[:1000], name="preference-pairs", digest=digest[:36])
+    client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(files: list[str], config: dict[str, Any], run_dir: str, run_id: str) -> dict[str, Any]:
+    """Data desk: quarantine what cannot be trained on, run the GX checks, report everywhere."""
+    cfg = config_of(config)
+    out = Path(run_dir) / "data"
+    evalset = load_evalset(cfg.data.eval, cfg.eval.refusal_sets, cfg.eval.factuality)
+    report = run_data_desk(files, cfg.data, out, tokenizer=load_tokenizer(cfg.model.name),
+                           eval_prompts=evalset.all_prompt_texts())
+    tracker = tracker_of(run_id)
+    tracker.log_metrics(report.metrics())
+    report_path = out / "report.json"
+    report_path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    tracker.log_artifact(str(report_path), "data")
+    tracker.log_artifact(str(report.quarantine_path), "data")
+    if report.docs_dir:
+        tracker.log_artifact(str(report.docs_dir), "data/data_docs")
+    if report.accepted:
+        _log_dataset(run_id, str(report.accepted_path), report.dataset_hash, files)
+    create_table_artifact(
+        key="data-checks",
+        table=table_rows([{"check": c.name, "figure": getattr(c, "figure", None), "threshold": getattr(c, "threshold", None),
+                           "passed": c.passed, "reason": getattr(c, "reason", "")} for c in report.checks]),
+        description=f"pairs in {report.rows_in}, accepted {report.accepted}, quarantined {report.quarantined}",
+    )
+    create_markdown_artifact(key="data-report", markdown=report.to_markdown())
+    log = get_run_logger()
+    log.info("validate: %d in, %d accepted, %d quarantined (%s)", report.rows_in, report.accepted,
+             report.quarantined, report.quarantine_path)
+    for f in report.failed:
+        log.error("data gate failed: %s", f)
+    return {"passed": report.passed, "failed": list(report.failed), "accepted_path": str(report.accepted_path),
+            "report_path": str(report_path), "rows_in": report.rows_in, "accepted": report.accepted,
+            "quarantined": report.quarantined, "quarantine_path": str(report.quarantine_path)}
