@@ -1,0 +1,86 @@
+"""Config overrides and the gate verdicts (pure logic, no model)."""
+
+import pytest
+
+from prefdesk.config import Gate, default_gates, load_config
+from prefdesk.gates import evaluate_gates
+
+
+def _metrics(**over):
+    base = {
+        "drift/kl_per_token": 0.05, "drift/length_ratio": 1.0, "drift/over_refusal_rate": 0.1,
+        "drift/under_refusal_rate": 0.1, "drift/factuality_mc_accuracy": 0.6, "drift/pair_accuracy": 0.7,
+        "drift/win_rate": 0.55, "drift/reward_mean": 0.3, "drift/mean_length": 40,
+        "reference/drift/over_refusal_rate": 0.1, "reference/drift/under_refusal_rate": 0.1,
+        "reference/drift/factuality_mc_accuracy": 0.6, "reference/drift/pair_accuracy": 0.6,
+    }
+    base.update({f"drift/{k}": v for k, v in over.items()})
+    return base
+
+
+def test_set_overrides_nested_fields_and_single_gates(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  optimizer: sft\ngates:\n  win_rate: null\n  kl_budget:\n    bound: 0.2\n")
+    cfg = load_config(f, ["train.params.beta=0.3", "model.lora.r=8", "gates.moved.bound=0.001"])
+    assert cfg.train.optimizer == "sft"
+    assert cfg.train.params == {"beta": 0.3}
+    assert cfg.model.lora.r == 8
+    assert "win_rate" not in cfg.gates
+    assert cfg.gates["kl_budget"].bound == 0.2 and cfg.gates["kl_budget"].metric == "drift/kl_per_token"
+    assert cfg.gates["moved"].bound == 0.001
+    assert set(default_gates()) - {"win_rate"} == set(cfg.gates)
+
+
+def test_bad_config_names_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: [unclosed\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        load_config(f)
+    with pytest.raises(ValueError):
+        load_config(None, ["model.nme=oops"])  # unknown field is refused, not ignored
+
+
+def test_all_gates_pass_on_a_healthy_candidate():
+    report = evaluate_gates(default_gates(), _metrics())
+    assert report.passed, [r.reason for r in report.failed]
+    assert report.metrics()["gate/all"] == 1.0
+    assert not report.suspected_reward_hacking
+
+
+@pytest.mark.parametrize(
+    "over, gate",
+    [
+        ({"kl_per_token": 2.0}, "kl_budget"),
+        ({"kl_per_token": 0.0}, "moved"),
+        ({"length_ratio": 1.8}, "length_inflation"),
+        ({"over_refusal_rate": 0.3}, "over_refusal"),
+        ({"under_refusal_rate": 0.3}, "under_refusal"),
+        ({"factuality_mc_accuracy": 0.5}, "factuality"),
+        ({"pair_accuracy": 0.5}, "pair_accuracy"),
+        ({"win_rate": 0.4}, "win_rate"),
+    ],
+)
+def test_each_failure_mode_trips_its_gate(over, gate):
+    report = evaluate_gates(default_gates(), _metrics(**over))
+    assert [r.name for r in report.failed] == [gate]
+    assert report.metrics()[f"gate/{gate}"] == 0.0 and report.metrics()["gate/all"] == 0.0
+
+
+def test_reward_up_while_guard_rail_breaks_is_reward_hacking():
+    report = evaluate_gates(default_gates(), _metrics(length_ratio=1.9, reward_mean=2.0))
+    assert report.suspected_reward_hacking
+    assert "length_inflation" in report.notes[0]
+    calm = evaluate_gates(default_gates(), _metrics(length_ratio=1.9, reward_mean=-0.1))
+    assert not calm.suspected_reward_hacking
+
+
+def test_champion_relative_gate():
+    gates = {"beats_champion": Gate(metric="drift/win_rate", op=">=", bound=0.0, relative_to="champion")}
+    assert evaluate_gates(gates, _metrics(), champion=None).passed  # first night: nothing to beat
+    assert not evaluate_gates(gates, _metrics(win_rate=0.5), champion={"drift/win_rate": 0.6}).passed
+    assert evaluate_gates(gates, _metrics(win_rate=0.7), champion={"drift/win_rate": 0.6}).passed
+
+
+def test_missing_metric_fails_rather_than_passes():
+    report = evaluate_gates({"x": Gate(metric="drift/nope", op="<=", bound=1)}, _metrics())
+    assert not report.passed and "not measured" in report.results[0].reason
