@@ -1,0 +1,108 @@
+"""The nightly flow end to end on the tiny model: real Prefect, real MLflow SQLite, real GX."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from prefdesk.drift import DRIFT_NAMES
+from prefdesk.registry import CHALLENGER, CHAMPION, alias_version
+from prefdesk.tracking import client
+
+TINY = [
+    "model.name=tiny",
+    "train.params.max_steps=3",
+    "train.params.batch_size=2",
+    "train.params.progress=false",
+    "data.limit=12",
+    "eval.max_new_tokens=6",
+    "eval.max_prompts=3",
+    "eval.batch_size=4",
+    "registry.model_name=tiny-policy",
+]
+# Every gate dropped but one that any run passes: the promotion path.
+LENIENT = [f"gates.{g}=null" for g in ("moved", "length_inflation", "length_collapse", "over_refusal",
+                                        "under_refusal", "factuality", "pair_accuracy", "win_rate")] + ["gates.kl_budget.bound=100"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def state_home(tmp_path_factory):
+    import os
+
+    home = tmp_path_factory.mktemp("prefdesk-home")
+    old = os.environ.get("PREFDESK_HOME")
+    os.environ["PREFDESK_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("PREFDESK_HOME")
+    else:
+        os.environ["PREFDESK_HOME"] = old
+
+
+def test_failed_gate_registers_challenger_only(harness, state_home):
+    from flows.nightly import nightly
+
+    s = nightly(overrides=TINY + ["gates.kl_budget.bound=-1"])  # KL can never be below -1
+    assert s["status"] == "registered as challenger, not promoted"
+    assert not s["promoted"] and not s["gates_passed"]
+    assert {g["name"] for g in s["gates"] if not g["passed"]} >= {"kl_budget"}
+    assert alias_version("tiny-policy", CHALLENGER) == s["registry"]["version"]
+    assert alias_version("tiny-policy", CHAMPION) is None
+
+    c = client()
+    run = c.get_run(s["run_id"])
+    m = run.data.metrics
+    for name in DRIFT_NAMES:
+        assert f"drift/{name}" in m and f"reference/drift/{name}" in m
+    for name in ("data/pairs_in", "data/pairs_accepted", "data/pairs_quarantined", "train/loss", "gate/all", "gate/kl_budget"):
+        assert name in m, name
+    assert m["gate/all"] == 0.0 and m["gate/kl_budget"] == 0.0
+    assert m["data/pairs_in"] == m["data/pairs_accepted"] + m["data/pairs_quarantined"]
+    assert run.data.params["model.name"] == "tiny"
+    assert run.inputs.dataset_inputs, "the accepted pairs are the run's dataset input"
+    top = {a.path for a in c.list_artifacts(s["run_id"])}
+    assert {"adapter", "data", "eval", "gates.json", "summary.json"} <= top
+    mv = c.get_model_version("tiny-policy", s["registry"]["version"])
+    assert mv.tags["gate_all"] == "0" and mv.tags["gate.kl_budget"].startswith("FAIL")
+
+    from prefdesk.cli import app
+
+    res = CliRunner().invoke(app, ["promote", s["registry"]["version"], "--model", "tiny-policy"])
+    assert res.exit_code == 1 and "failed its gates" in res.output
+    assert alias_version("tiny-policy", CHAMPION) is None
+
+
+def test_passing_gates_promote_to_champion(harness, state_home):
+    from flows.nightly import nightly
+
+    s = nightly(overrides=TINY + LENIENT)
+    assert s["gates_passed"] and s["promoted"]
+    assert alias_version("tiny-policy", CHAMPION) == s["registry"]["version"]
+    assert json.loads((state_home / "runs").joinpath(s["run_dir"].split("/")[-1], "summary.json").read_text())["promoted"]
+
+
+def test_data_gate_failure_stops_before_training(harness, state_home, tmp_path):
+    from flows.nightly import DataGateFailed, nightly
+
+    rows = [{"prompt": f"Question number {i} about topic {i * 7}?", "chosen": "A much longer and more detailed answer " * 3 + str(i),
+             "rejected": f"Short {i}."} for i in range(40)]
+    f = tmp_path / "biased.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    before = len(client().search_model_versions("name='tiny-policy'"))
+    run_dir = tmp_path / "run"
+    state = nightly(overrides=TINY + [f"data.train=['{f}']"], run_dir=str(run_dir), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DataGateFailed, match="length_bias"):
+        state.result()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped: data gates failed" and not summary["promoted"]
+    assert len(client().search_model_versions("name='tiny-policy'")) == before
+    assert not (run_dir / "train").exists()
