@@ -48,6 +48,7 @@ class CheckThresholds(_Strict):
     """Data-gate thresholds: a check fails when its figure passes the bound."""
 
     max_quarantined_share: float = 0.2
+    max_schema_share: float = 0.1
     max_degenerate_share: float = 0.0
     max_duplicate_share: float = 0.1
     max_contradiction_share: float = 0.02
