@@ -309,6 +309,8 @@ def _answer_and_prefix(value: Any, what: str) -> tuple[list[Message], str]:
     """A chosen/rejected value: text, one message, or a list whose last is the answer."""
     if isinstance(value, str):
         return [], _text(value, what)
+    if not isinstance(value, (list, dict)):
+        _text(value, what)  # raises: missing / not text
     msgs = _messages(value, what)
     last = msgs[-1]
     if last["role"] != "assistant":

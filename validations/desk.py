@@ -200,7 +200,7 @@ def run_data_desk(paths: list[str], settings: DataSettings, out_dir: str | Path,
     eligible = df["duplicate_of"].isna() & (df["chosen_norm_hash"] != df["rejected_norm_hash"])
     df["contradiction_of"] = F.mark_contradictions(df, eligible)
     has_agreement = bool(df["agreement"].notna().any())
-    eval_norms = [F.normalize(p) for p in (eval_prompts or []) if isinstance(p, str) and p.strip()]
+    eval_norms = F.normalize_series(pd.Series([p for p in (eval_prompts or []) if isinstance(p, str) and p.strip()], dtype=object)).tolist() if eval_prompts else []
     seconds["features"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -14,8 +14,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from prefdesk.pairs import Pair, prompt_key
+from prefdesk.pairs import Pair
 
 # ---------------------------------------------------------------- refusal detector
 
@@ -52,25 +54,42 @@ def is_refusal(text: str) -> bool:
     return bool(_REFUSAL_RE.search(text[:REFUSAL_WINDOW]))
 
 
-def refusal_flags(texts: pd.Series) -> pd.Series:
-    """`is_refusal` over a Series, vectorised (same patterns, same window)."""
-    return texts.str.slice(0, REFUSAL_WINDOW).str.lower().str.contains(_REFUSAL_SRC, regex=True).astype(bool)
+def refusal_flags(texts) -> np.ndarray:
+    """`is_refusal` over many texts, vectorised (same patterns, same window, RE2)."""
+    arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else _arrow(texts)
+    head = pc.utf8_lower(pc.utf8_slice_codeunits(arr, 0, REFUSAL_WINDOW))
+    return pc.match_substring_regex(head, _REFUSAL_SRC).to_numpy(zero_copy_only=False).astype(bool)
 
 
 # ---------------------------------------------------------------- normalization
 
 
-def normalize(text: str) -> str:
-    """Case-folded, whitespace-collapsed text: what "identical" means for the checks."""
-    return " ".join(text.casefold().split())
+def _arrow(values) -> pa.Array:
+    if isinstance(values, pd.Series):
+        return pa.array(values.to_numpy(dtype=object), type=pa.large_string())
+    return pa.array(values, type=pa.large_string())
+
+
+def normalize_arrow(arr: pa.Array) -> pa.Array:
+    """Lower-cased, whitespace-collapsed, trimmed (Arrow kernels, RE2)."""
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(arr), r"\s+", " "))
 
 
 def normalize_series(s: pd.Series) -> pd.Series:
-    return s.str.casefold().str.replace(r"\s+", " ", regex=True).str.strip()
+    return pd.Series(normalize_arrow(_arrow(s)).to_pandas(types_mapper=None), index=s.index).astype("str")
 
 
-def _hash(s: pd.Series) -> np.ndarray:
-    return pd.util.hash_array(s.to_numpy(dtype=object)).astype(np.int64)
+def normalize(text: str) -> str:
+    """Lower-cased, whitespace-collapsed text: what "identical" means for the checks
+    (the same Arrow kernels as the frame, so one text normalizes the same either way)."""
+    return normalize_arrow(_arrow([text]))[0].as_py()
+
+
+def _codes(a: pa.Array, b: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Joint integer codes of two text columns: equal code <=> equal text."""
+    both = pa.concat_arrays([a, b])
+    codes = pc.dictionary_encode(both).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes[: len(a)], codes[len(a):]
 
 
 # ---------------------------------------------------------------- the pair frame
@@ -83,33 +102,33 @@ def approx_tokens(chars: pd.Series | np.ndarray) -> np.ndarray:
 def pair_frame(pairs: Sequence[Pair], tokenizer=None) -> pd.DataFrame:
     """One row per pair with the columns the row-level checks read."""
     n = len(pairs)
+    prompt_text = _arrow([p.prompt_text for p in pairs])
+    prompt_all = _arrow(["\n".join(m["content"] for m in p.prompt) for p in pairs])
+    # The prompt's identity (roles and stripped turns), as integer codes.
+    prompt_sig = _arrow(["\x1e".join(m["role"] + "\x1f" + m["content"].strip() for m in p.prompt) for p in pairs])
+    chosen = _arrow([p.chosen for p in pairs])
+    rejected = _arrow([p.rejected for p in pairs])
+    c_strip, r_strip = pc.utf8_trim_whitespace(chosen), pc.utf8_trim_whitespace(rejected)
+    c_norm, r_norm = normalize_arrow(chosen), normalize_arrow(rejected)
+    ch, rh = _codes(c_strip, r_strip)
+    cnh, rnh = _codes(c_norm, r_norm)
     df = pd.DataFrame({
         "id": [p.id for p in pairs],
         "source": [p.source for p in pairs],
         "line": np.fromiter((p.line for p in pairs), dtype=np.int64, count=n),
-        "prompt_text": [p.prompt_text for p in pairs],
-        "prompt_all": ["\n".join(m["content"] for m in p.prompt) for p in pairs],
-        "prompt_key": [prompt_key(p.prompt) for p in pairs],
-        "chosen": [p.chosen for p in pairs],
-        "rejected": [p.rejected for p in pairs],
+        "prompt_key": pc.dictionary_encode(prompt_sig).indices.to_numpy(zero_copy_only=False).astype(np.int64),
         "agreement": [float(p.meta["agreement"]) if isinstance(p.meta.get("agreement"), (int, float))
                       and int(p.meta.get("n_annotators", 0) or 0) > 1 else np.nan for p in pairs],
+        # Integer twins of the texts (equal code <=> equal text): cheap for GX to compare.
+        "chosen_hash": ch, "rejected_hash": rh, "chosen_norm_hash": cnh, "rejected_norm_hash": rnh,
+        "chosen_chars": pc.utf8_length(chosen).to_numpy(zero_copy_only=False).astype(np.int64),
+        "rejected_chars": pc.utf8_length(rejected).to_numpy(zero_copy_only=False).astype(np.int64),
     })
-    for col in ("prompt_text", "prompt_all", "chosen", "rejected", "id", "prompt_key"):
-        df[col] = df[col].astype("str")
-    df["chosen_strip"] = df["chosen"].str.strip()
-    df["rejected_strip"] = df["rejected"].str.strip()
-    df["chosen_norm"] = normalize_series(df["chosen"])
-    df["rejected_norm"] = normalize_series(df["rejected"])
-    df["prompt_norm"] = normalize_series(df["prompt_text"])
-    df["prompt_all_norm"] = normalize_series(df["prompt_all"])
-    # Hashed twins of the texts: cheap for GX to compare and to list when a row fails.
-    df["chosen_hash"] = _hash(df["chosen_strip"])
-    df["rejected_hash"] = _hash(df["rejected_strip"])
-    df["chosen_norm_hash"] = _hash(df["chosen_norm"])
-    df["rejected_norm_hash"] = _hash(df["rejected_norm"])
-    df["chosen_chars"] = df["chosen"].str.len().astype(np.int64)
-    df["rejected_chars"] = df["rejected"].str.len().astype(np.int64)
+    df["id"] = df["id"].astype("str")
+    for name, arr in (("prompt_text", prompt_text), ("prompt_all", prompt_all), ("chosen", chosen),
+                      ("rejected", rejected), ("chosen_strip", c_strip), ("rejected_strip", r_strip),
+                      ("prompt_norm", normalize_arrow(prompt_text)), ("prompt_all_norm", normalize_arrow(prompt_all))):
+        df[name] = pd.array(arr.cast(pa.large_string()), dtype=pd.StringDtype("pyarrow"))
     if tokenizer is not None:
         from prefdesk.engine.tokenize import encode
 
@@ -118,7 +137,7 @@ def pair_frame(pairs: Sequence[Pair], tokenizer=None) -> pd.DataFrame:
         df["chosen_tokens"] = np.asarray(tc, dtype=np.int64)
         df["rejected_tokens"] = np.asarray(tr, dtype=np.int64)
     else:
-        prompt_chars = df["prompt_all"].str.len().to_numpy()
+        prompt_chars = pc.utf8_length(prompt_all).to_numpy(zero_copy_only=False)
         df["chosen_tokens"] = approx_tokens(prompt_chars + df["chosen_chars"].to_numpy())
         df["rejected_tokens"] = approx_tokens(prompt_chars + df["rejected_chars"].to_numpy())
     df["max_tokens"] = np.maximum(df["chosen_tokens"], df["rejected_tokens"])
@@ -160,40 +179,47 @@ def mark_contradictions(df: pd.DataFrame, eligible: pd.Series) -> pd.Series:
 
 # ---------------------------------------------------------------- shallow features
 
-_LIST_ITEM = r"(?m)^\s*(?:[-*\u2022]|\d+[.)])\s"
+_LIST_ITEM = r"(?m)^\s*(?:[-*\x{2022}]|\d+[.)])\s"
 _URL_CODE = r"https?://|www\.|```|`[^`\n]+`"
 _APOLOGY = r"\b(?:sorry|apologi[sz]e|apologies)\b"
-_FIRST_PERSON = r"\bI\b"
-_WORD = r"\S+"
-_WORD_TOKEN = re.compile(r"[a-z0-9']+")
 
 
-def _overlap(prompts: Iterable[str], answers: Iterable[str]) -> np.ndarray:
-    """Share of the answer's distinct words that occur in the prompt (first 2,000 chars)."""
-    out = []
-    for p, a in zip(prompts, answers):
-        pw = set(_WORD_TOKEN.findall(p[:2000].lower()))
-        aw = set(_WORD_TOKEN.findall(a[:2000].lower()))
-        out.append(len(aw & pw) / len(aw) if aw else 0.0)
-    return np.asarray(out, dtype=float)
+def _count(arr: pa.Array, pattern: str) -> np.ndarray:
+    return pc.count_substring_regex(arr, pattern).to_numpy(zero_copy_only=False).astype(float)
 
 
-def side_features(texts: pd.Series, prompts: pd.Series) -> pd.DataFrame:
+def _has(arr: pa.Array, pattern: str) -> np.ndarray:
+    return pc.match_substring_regex(arr, pattern).to_numpy(zero_copy_only=False).astype(float)
+
+
+def _overlaps(prompts: list[str], chosen: list[str], rejected: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Share of each answer's distinct words that occur in the prompt (first 1,000 chars)."""
+    oc, orr = np.zeros(len(prompts)), np.zeros(len(prompts))
+    for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected)):
+        pw = set(p[:1000].split())
+        cw, rw = set(c[:1000].split()), set(r[:1000].split())
+        oc[i] = len(cw & pw) / len(cw) if cw else 0.0
+        orr[i] = len(rw & pw) / len(rw) if rw else 0.0
+    return oc, orr
+
+
+def side_features(arr: pa.Array, overlap: np.ndarray) -> pd.DataFrame:
+    low = pc.utf8_lower(arr)
     return pd.DataFrame({
-        "length_chars": texts.str.len().to_numpy(dtype=float),
-        "length_words": texts.str.count(_WORD).to_numpy(dtype=float),
-        "newlines": texts.str.count("\n").to_numpy(dtype=float),
-        "list_items": texts.str.count(_LIST_ITEM).to_numpy(dtype=float),
-        "refusal": refusal_flags(texts).to_numpy(dtype=float),
-        "apology": texts.str.lower().str.contains(_APOLOGY, regex=True).to_numpy(dtype=float),
-        "url_or_code": texts.str.contains(_URL_CODE, regex=True).to_numpy(dtype=float),
-        "exclamations": texts.str.count("!").to_numpy(dtype=float),
-        "questions": texts.str.count(r"\?").to_numpy(dtype=float),
-        "first_person_i": texts.str.count(_FIRST_PERSON).to_numpy(dtype=float),
-        "markdown": texts.str.count(r"\*\*|(?m)^#+\s").to_numpy(dtype=float),
-        "digits": texts.str.count(r"\d").to_numpy(dtype=float),
-        "prompt_overlap": _overlap(prompts, texts),
-    }, index=texts.index)
+        "length_chars": pc.utf8_length(arr).to_numpy(zero_copy_only=False).astype(float),
+        "length_words": _count(arr, r"\S+"),
+        "newlines": _count(arr, "\n"),
+        "list_items": _count(arr, _LIST_ITEM),
+        "refusal": refusal_flags(arr).astype(float),
+        "apology": _has(low, _APOLOGY),
+        "url_or_code": _has(arr, _URL_CODE),
+        "exclamations": _count(arr, "!"),
+        "questions": _count(arr, r"\?"),
+        "first_person_i": _count(arr, r"\bI\b"),
+        "markdown": _count(arr, r"\*\*|(?m)^#+\s"),
+        "digits": _count(arr, r"\d"),
+        "prompt_overlap": overlap,
+    })
 
 
 def win_columns(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -202,8 +228,10 @@ def win_columns(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     The mean of a column is the accuracy of "the side with the higher value is chosen";
     the best direction's accuracy is max(mean, 1 - mean).
     """
-    fc = side_features(df["chosen"], df["prompt_all"])
-    fr = side_features(df["rejected"], df["prompt_all"])
+    low = {k: pc.utf8_lower(_arrow(df[k])).to_pylist() for k in ("prompt_all", "chosen", "rejected")}
+    oc, orr = _overlaps(low["prompt_all"], low["chosen"], low["rejected"])
+    fc = side_features(_arrow(df["chosen"]), oc).set_axis(df.index)
+    fr = side_features(_arrow(df["rejected"]), orr).set_axis(df.index)
     wins = pd.DataFrame(
         np.where(fc.to_numpy() > fr.to_numpy(), 1.0, np.where(fc.to_numpy() < fr.to_numpy(), 0.0, 0.5)),
         columns=[f"win_{c}" for c in fc.columns], index=df.index,
@@ -221,26 +249,34 @@ def shallow_accuracy(wins: pd.DataFrame) -> dict[str, float]:
 
 # ---------------------------------------------------------------- boilerplate
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
+_OPENING = r"^\W*(?P<p>(?:\S+\s+){0,4}\S+)"
+# Matched on the reversed tail, anchored at its start: the last sentence, read backwards.
+# (An end-anchored search with a counted repetition is slow even in RE2.)
+_CLOSING_REVERSED = r"^(?P<p>[.!?]*[^.!?\n]+)"
 
 
-def _opening(text: str) -> str:
-    """The first five words, case-folded."""
-    return " ".join(text[:300].casefold().split()[:5])
+def _extract(arr: pa.Array, pattern: str) -> pd.Series:
+    got = pc.struct_field(pc.extract_regex(arr, pattern), [0])
+    return pd.Series(got.to_numpy(zero_copy_only=False), dtype=object)
 
 
-def _closing(text: str) -> str:
-    """The last sentence or line (up to 100 characters), case-folded."""
-    tail = text.rstrip()[-200:]
-    last = _SENTENCE_END.split(tail)[-1].strip().casefold()
-    return " ".join(last.split()) if 3 <= len(last) <= 100 else ""
+def _closing(tail: pa.Array) -> pd.Series:
+    rev = _extract(pc.utf8_reverse(tail), _CLOSING_REVERSED)
+    out = pd.Series([" ".join(x[::-1].split()) if isinstance(x, str) else None for x in rev], dtype=object)
+    ok = out.str.len().between(3, 100)
+    return out.where(ok, None)
 
 
 def _phrases(texts: pd.Series) -> dict[str, pd.Series]:
-    values = texts.tolist()
+    arr = _arrow(texts)
+    # Lower-case only the ends; whitespace is collapsed on the short extracted phrases.
+    head = pc.utf8_lower(pc.utf8_slice_codeunits(arr, 0, 300))
+    tail = pc.utf8_lower(pc.utf8_slice_codeunits(pc.utf8_rtrim_whitespace(arr), -200))
+    opening = pd.Series([" ".join(x.split()) if isinstance(x, str) else None
+                         for x in _extract(head, _OPENING)], dtype=object)
     return {
-        "opening": pd.Series([_opening(t) for t in values], index=texts.index, dtype=object),
-        "closing": pd.Series([_closing(t) for t in values], index=texts.index, dtype=object),
+        "opening": opening.set_axis(texts.index),
+        "closing": _closing(tail).set_axis(texts.index),
     }
 
 
@@ -270,7 +306,7 @@ def one_sided_boilerplate(df: pd.DataFrame, min_share: float = 0.05, ratio: floa
                 other_count = int(other.get(phrase, 0))
                 if other_count * ratio > count:
                     continue
-                hit = (mine_s == phrase).to_numpy(dtype=bool) & ~(other_s == phrase).to_numpy(dtype=bool)
+                hit = (mine_s == phrase).fillna(False).to_numpy(dtype=bool) & ~(other_s == phrase).fillna(False).to_numpy(dtype=bool)
                 affected |= hit
                 found.append({"phrase": phrase, "kind": kind, "side": side,
                               "share_on_side": round(count / n, 4), "share_other": round(other_count / n, 4)})
