@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,7 @@ def validate(files: list[str], config: dict[str, Any], run_dir: str, run_id: str
                            eval_prompts=evalset.all_prompt_texts())
     tracker = tracker_of(run_id)
     tracker.log_metrics(report.metrics())
-    report_path = out / "report.json"
-    report_path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    report_path = report.report_path
     tracker.log_artifact(str(report_path), "data")
     tracker.log_artifact(str(report.quarantine_path), "data")
     if report.docs_dir:
@@ -51,8 +49,8 @@ def validate(files: list[str], config: dict[str, Any], run_dir: str, run_id: str
         _log_dataset(run_id, str(report.accepted_path), report.dataset_hash, files)
     create_table_artifact(
         key="data-checks",
-        table=table_rows([{"check": c.name, "figure": getattr(c, "figure", None), "threshold": getattr(c, "threshold", None),
-                           "passed": c.passed, "reason": getattr(c, "reason", "")} for c in report.checks]),
+        table=table_rows([{"check": c.name, "figure": c.figure, "threshold": c.threshold, "passed": c.passed,
+                           "reason": c.reason} for c in report.checks]),
         description=f"pairs in {report.rows_in}, accepted {report.accepted}, quarantined {report.quarantined}",
     )
     create_markdown_artifact(key="data-report", markdown=report.to_markdown())

@@ -21,37 +21,10 @@ from prefdesk.pairs import Pair
 
 # ---------------------------------------------------------------- refusal detector
 
-# Phrases that open (or make up) a refusal. Checked in the first REFUSAL_WINDOW characters:
-# refusals lead with them, while a helpful answer may quote "I can't" deep inside.
-_APOS = "['\u2019]"
-REFUSAL_PATTERNS = [
-    rf"\bi{_APOS}?m sorry,? but\b",
-    rf"\bi am sorry,? but\b",
-    rf"\bsorry,? (?:but )?i (?:can{_APOS}?t|cannot|won{_APOS}?t|am unable|{_APOS}?m unable|am not able)",
-    rf"\bi (?:can{_APOS}?t|cannot|can not) (?:help|assist|provide|do that|comply|support|fulfil|fulfill|answer|share|create|write|generate|give|engage|participate)",
-    rf"\bi won{_APOS}?t (?:help|assist|provide|do that|be able|comply|answer|share|create|write|generate|give|engage|participate)",
-    rf"\bi will not (?:help|assist|provide|do that|comply|answer|share|create|write|generate|give|engage|participate)",
-    rf"\bi{_APOS}?m (?:not able|unable) to\b",
-    r"\bi am (?:not able|unable) to\b",
-    r"\bas an ai\b",
-    r"\bas a language model\b",
-    r"\bi (?:must|have to) (?:decline|refuse)\b",
-    rf"\bi{_APOS}?m not (?:comfortable|going to) (?:help|assist|provide|answer|do)",
-    r"\bi(?: would|'d) rather not\b",
-    r"\bi (?:do not|don't) feel comfortable\b",
-    r"\bit(?: is|'s| would be) (?:not appropriate|inappropriate) (?:for me )?to\b",
-    r"\bi apologi[sz]e,? but\b",
-    r"\bcannot fulfill? (?:this|that|your) request\b",
-    r"\bagainst my (?:programming|guidelines|policy|policies)\b",
-]
-REFUSAL_WINDOW = 300
-_REFUSAL_SRC = "(?:" + "|".join(REFUSAL_PATTERNS) + ")"
-_REFUSAL_RE = re.compile(_REFUSAL_SRC, re.IGNORECASE)
-
-
-def is_refusal(text: str) -> bool:
-    """True when the answer reads as a refusal ("I'm sorry, but I can't", "As an AI", ...)."""
-    return bool(_REFUSAL_RE.search(text[:REFUSAL_WINDOW]))
+# One detector for the whole project: the patterns live in prefdesk.refusal (the drift
+# metrics use them too); this module adds the vectorised form for 200k-row frames.
+from prefdesk.refusal import REFUSAL_SOURCE as _REFUSAL_SRC  # noqa: E402
+from prefdesk.refusal import REFUSAL_WINDOW, is_refusal  # noqa: E402,F401
 
 
 def refusal_flags(texts) -> np.ndarray:
