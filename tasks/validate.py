@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ def _log_dataset(run_id: str, accepted_path: str, digest: str, sources: list[str
         {"id": [p.id for p in pairs], "prompt": [p.prompt_text for p in pairs],
          "chosen": [p.chosen for p in pairs], "rejected": [p.rejected for p in pairs]}
     )
-    ds = mlflow.data.from_pandas(df, source=";".join(sources)[:1000], name="preference-pairs", digest=digest[:36])
+    with warnings.catch_warnings():  # a local path matches two equivalent MLflow source types
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_pandas(df, source=sources[0], name="preference-pairs", digest=digest[:36])
     client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
 
 
