@@ -1,57 +1,136 @@
 """Log-probabilities of answer tokens, without materialising logits for the whole sequence.
 
-The LM head runs only on the hidden states that predict answer tokens, in chunks, so a
-49k-token vocabulary never costs a [batch, seq, vocab] tensor.
+A causal LM's usual forward computes logits for every position: [batch, seq, vocab], 49k
+wide for SmolLM2, which is most of the memory and a large share of the time of a step.
+Only answer tokens enter a preference loss, so here the decoder runs alone, the hidden
+states that predict answer tokens are gathered, and the LM head runs on those rows only,
+in chunks, with the log-softmax in fp32.
+
+Right-padded batches (what `batching.collate` makes) need no attention mask at all: under
+causal attention a real token only attends to earlier positions, which are all real, so
+the mask is dropped and the attention kernel takes its fast causal path. Batches padded
+any other way (left padding) get the mask plus matching position ids.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Sequence
 
 import torch
 
 CHUNK = 1024  # answer positions per log-softmax chunk
 
 
-def _hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = inner.model(input_ids=input_ids, attention_mask=attention_mask)
-    return out.last_hidden_state
+def _inner(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _decoder(model):
+    inner = _inner(model)
+    return getattr(inner, inner.base_model_prefix, None) or inner.model
 
 
 def _lm_head(model):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.get_output_embeddings()
+    return _inner(model).get_output_embeddings()
+
+
+def is_right_padded(attention_mask: torch.Tensor | None) -> bool:
+    """True when every row is ones then zeros (or there is no mask)."""
+    if attention_mask is None:
+        return True
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+
+def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, T, H] last hidden states of the decoder (no LM head)."""
+    kwargs = {"input_ids": input_ids, "use_cache": False}
+    if not is_right_padded(attention_mask):
+        kwargs["attention_mask"] = attention_mask
+        kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return _decoder(model)(**kwargs).last_hidden_state
 
 
 def token_logps(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_mask: torch.Tensor
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, answer_mask: torch.Tensor
 ) -> torch.Tensor:
     """[B, T] log p(token_t | tokens_<t) at answer positions, 0 elsewhere (fp32).
 
     `answer_mask[b, t]` is 1 where token t is an answer token (it is predicted by the
     hidden state at t-1).
     """
-    hidden = _hidden(model, input_ids, attention_mask)  # [B, T, H]
+    hidden = hidden_states(model, input_ids, attention_mask)  # [B, T, H]
     head = _lm_head(model)
     target_mask = answer_mask[:, 1:].bool()
     pos = target_mask.nonzero(as_tuple=False)  # rows (b, t-1) predicting token t
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     if pos.numel() == 0:
-        return out + hidden.sum() * 0.0
+        return out + hidden.sum() * 0.0  # keeps the graph connected for backward
     h = hidden[:, :-1][pos[:, 0], pos[:, 1]]  # [N, H]
     targets = input_ids[:, 1:][pos[:, 0], pos[:, 1]]
     pieces = []
     for i in range(0, h.shape[0], CHUNK):
         logits = head(h[i : i + CHUNK]).float()
-        pieces.append(
-            torch.gather(logits.log_softmax(-1), 1, targets[i : i + CHUNK, None]).squeeze(1)
-        )
+        # -cross_entropy == log_softmax gathered at the target, in one fused kernel.
+        pieces.append(-torch.nn.functional.cross_entropy(logits, targets[i : i + CHUNK], reduction="none"))
     vals = torch.cat(pieces)
     return out.index_put((pos[:, 0], pos[:, 1] + 1), vals)
 
 
 def sequence_logps(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_mask: torch.Tensor
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, answer_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of answer-token log-probs [B], number of answer tokens [B])."""
+    """(sum of answer-token log-probs [B], number of answer tokens [B]), both fp32.
+
+    The first token of a row is never counted (nothing predicts it), so an answer mask
+    that starts at position 0 counts one token fewer than it marks.
+    """
     lp = token_logps(model, input_ids, attention_mask, answer_mask)
-    return lp.sum(-1), answer_mask.sum(-1).to(lp.dtype)
+    return lp.sum(-1), answer_mask[:, 1:].sum(-1).to(lp.dtype)
+
+
+class AnswerLogps(torch.nn.Module):
+    """`sequence_logps` as a module, so `accelerate` can wrap it (DDP needs its forward)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, answer_mask):
+        return sequence_logps(self.model, input_ids, attention_mask, answer_mask)
+
+
+@torch.no_grad()
+def pair_logps(
+    policy,
+    encoded: Sequence,
+    batch_size: int = 8,
+    reference: bool = False,
+) -> torch.Tensor:
+    """[N, 4] = (chosen logp, rejected logp, chosen tokens, rejected tokens) per encoded pair.
+
+    `encoded` is a list of `batching.EncodedPair`; `reference=True` scores with the
+    adapter disabled. Batches are length-sorted for the least padding; rows come back in
+    the input order.
+    """
+    from prefdesk.engine.batching import collate, sorted_batches
+
+    pad = policy.tokenizer.pad_token_id
+    out = torch.zeros(len(encoded), 4, dtype=torch.float32)
+    if not encoded:
+        return out
+    was_training = policy.model.training
+    policy.model.eval()
+    try:
+        with policy.reference() if reference else contextlib.nullcontext():
+            for idx in sorted_batches([e.length for e in encoded], batch_size):
+                b = collate([encoded[i] for i in idx], pad, idx).to(policy.device)
+                s, n = sequence_logps(policy.model, b.input_ids, b.attention_mask, b.answer_mask)
+                s, n = s.float().cpu(), n.float().cpu()
+                k = len(idx)
+                out[idx] = torch.stack([s[:k], s[k:], n[:k], n[k:]], dim=1)
+    finally:
+        policy.model.train(was_training)
+    return out
+

@@ -1,0 +1,51 @@
+"""Shared fixtures: offline, a private PREFDESK_HOME, a tiny policy factory, a toy pair set."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefdesk_env(tmp_path_factory):
+    """Every test runs offline with its state (MLflow store, caches) in a temporary home."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("PREFDESK_HOME", str(tmp_path_factory.mktemp("prefdesk-home")))
+    yield os.environ["PREFDESK_HOME"]
+    mp.undo()
+
+
+@pytest.fixture
+def tiny_policy():
+    """`tiny_policy(**model_settings)` -> a fresh random tiny Llama policy (SmolLM2 tokenizer).
+
+    fp32 unless asked otherwise: on CPU, bf16 at the tiny model's shapes is dominated by
+    oneDNN setting up a kernel per new shape (about 10x slower than fp32 here).
+    """
+    from prefdesk.config import ModelSettings
+    from prefdesk.models import build_policy
+
+    def make(**settings):
+        settings.setdefault("dtype", "fp32")
+        return build_policy(ModelSettings(name="tiny", **settings))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def toy_pairs():
+    """16 separable pairs: the chosen answer is always calm and the rejected one shouts."""
+    from prefdesk.pairs import Pair
+
+    topics = ["tea", "rain", "maps", "bread", "clocks", "birds", "rivers", "chess",
+              "glass", "paper", "bikes", "salt", "wool", "bees", "kites", "stone"]
+    return [
+        Pair(
+            prompt=[{"role": "user", "content": f"Tell me one thing about {t}."}],
+            chosen=f"Sure. {t.capitalize()} is interesting, and here is a calm fact about it.",
+            rejected=f"NO!!! {t.upper()} {t.upper()} STOP ASKING!!!",
+        )
+        for t in topics
+    ]
