@@ -11,6 +11,7 @@ from prefdesk.tracking import client
 
 TINY = [
     "model.name=tiny",
+    "model.dtype=fp32",
     "train.params.max_steps=3",
     "train.params.batch_size=2",
     "train.params.progress=false",
