@@ -17,10 +17,11 @@ Read top to bottom, `train()` does:
    bar; a checkpoint every `checkpoint_every` steps;
 7. save the adapter and return the run's averaged metrics.
 
-Precision: the base runs in the policy's dtype (bf16 on AMX CPUs and on GPUs: measured
-~1.4-2x faster than fp32 per forward+backward on this CPU for SmolLM2), the LoRA weights
-and AdamW state stay fp32 (peft keeps adapter weights fp32 and casts their input), and the
-log-softmax runs in fp32. Nothing here casts the base, so a 4-bit QLoRA base works as is.
+Precision: the base runs in the policy's dtype (bf16 on AMX CPUs and on GPUs; see
+benchmarks/README.md for the measured bf16-vs-fp32 step time), the LoRA weights and AdamW
+state stay fp32 while the adapter computes in bf16 under autocast (`compute_context`),
+and the log-softmax runs in fp32. Nothing here casts the base, so a 4-bit QLoRA base
+works as is.
 No gradient checkpointing: at these sizes it would cost a third more compute for memory
 that is not short.
 """
@@ -44,7 +45,7 @@ import torch
 
 from prefdesk.config import home
 from prefdesk.engine.batching import PAD_MULTIPLE, EncodedPair, bucketed_batches, collate, encode_pairs, padding_share
-from prefdesk.engine.logprobs import AnswerLogps, sequence_logps
+from prefdesk.engine.logprobs import AnswerLogps, compute_context, sequence_logps
 from prefdesk.engine.losses import LossOutput, PairLogps, step_metrics
 from prefdesk.engine.refcache import RefCache, base_fingerprint, reference_logps
 from prefdesk.plugin import TrainParams, TrainResult
@@ -295,7 +296,8 @@ def train(
             batch = collate([encoded[i] for i in idx], pad_id, idx, PAD_MULTIPLE).to(device)
             last = j == len(micro) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(module):
-                s, n = module(batch.input_ids, batch.attention_mask, batch.answer_mask)
+                with compute_context(policy.model, policy.dtype, device.type):
+                    s, n = module(batch.input_ids, batch.attention_mask, batch.answer_mask)
                 b = batch.n_pairs
                 lp = PairLogps(s[:b], s[b:], n[:b], n[b:])
                 if use_reference:
@@ -371,7 +373,7 @@ def _reference_for(policy, batch, ref: torch.Tensor | None, device) -> tuple[tor
     if ref is not None:
         r = ref[batch.index].to(device)
         return r[:, 0], r[:, 1]
-    with torch.no_grad(), policy.reference():
+    with torch.no_grad(), compute_context(policy.model, policy.dtype, device.type), policy.reference():
         s, _ = sequence_logps(policy.model, batch.input_ids, batch.attention_mask, batch.answer_mask)
     b = batch.n_pairs
     return s[:b].detach(), s[b:].detach()

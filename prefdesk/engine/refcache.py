@@ -63,8 +63,8 @@ def base_fingerprint(policy) -> str:
 class RefCache:
     """Per-pair reference values: (chosen logp, rejected logp, chosen tokens, rejected tokens)."""
 
-    def __init__(self, fingerprint: str, root: Path | None = None):
-        self.dir = (root or default_root()) / fingerprint
+    def __init__(self, fingerprint: str, root: str | Path | None = None):
+        self.dir = Path(root or default_root()) / fingerprint
         self.hits = 0
         self.misses = 0
 
