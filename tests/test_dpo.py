@@ -82,3 +82,11 @@ def test_training_separates_the_toy_pairs(tiny_policy, toy_pairs, tmp_path, loss
     pol, ref = pair_logps(trained, enc), pair_logps(trained, enc, reference=True)
     margin = (pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])
     assert (margin > 0).float().mean().item() == 1.0
+
+
+def test_bf16_first_step_starts_exactly_at_log2(tiny_policy, toy_pairs, tmp_path):
+    """The reference is scored in the first epoch's own batches, so bf16 noise cancels at step 1."""
+    params = DPOOptimizer.Params(max_steps=1, batch_size=4, output_dir=str(tmp_path), progress=False)
+    res = DPOOptimizer().fit(tiny_policy(dtype="bf16"), toy_pairs[:4], params, Tracker())
+    assert res.extra["loss_curve"][0] == pytest.approx(math.log(2), abs=1e-7)
+    assert res.metrics["train/reward_margin"] == 0.0

@@ -127,12 +127,15 @@ def pair_logps(
     encoded: Sequence,
     batch_size: int = 8,
     reference: bool = False,
+    batches: Sequence[Sequence[int]] | None = None,
+    multiple: int = 1,
 ) -> torch.Tensor:
     """[N, 4] = (chosen logp, rejected logp, chosen tokens, rejected tokens) per encoded pair.
 
     `encoded` is a list of `batching.EncodedPair`; `reference=True` scores with the
-    adapter disabled. Batches are length-sorted for the least padding; rows come back in
-    the input order.
+    adapter disabled. Batches are length-sorted for the least padding unless `batches`
+    (lists of indices into `encoded`) says how to group them; rows come back in the
+    input order.
     """
     from prefdesk.engine.batching import collate, sorted_batches
 
@@ -145,8 +148,9 @@ def pair_logps(
     try:
         amp = compute_context(policy.model, policy.dtype, policy.device.type)
         with amp, policy.reference() if reference else contextlib.nullcontext():
-            for idx in sorted_batches([e.length for e in encoded], batch_size):
-                b = collate([encoded[i] for i in idx], pad, idx).to(policy.device)
+            for idx in batches if batches is not None else sorted_batches([e.length for e in encoded], batch_size):
+                idx = list(idx)
+                b = collate([encoded[i] for i in idx], pad, idx, multiple).to(policy.device)
                 s, n = sequence_logps(policy.model, b.input_ids, b.attention_mask, b.answer_mask)
                 s, n = s.float().cpu(), n.float().cpu()
                 k = len(idx)

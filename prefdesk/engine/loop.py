@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -225,6 +226,31 @@ def _accelerator(policy):
     return Accelerator(device_placement=not policy.quantized, **kwargs)
 
 
+def compile_layers(policy) -> Callable[[], None]:
+    """`torch.compile` each decoder layer (one graph, shared by all layers); returns the undo.
+
+    Opt-in (`PREFDESK_COMPILE=1`): measured on SmolLM2 on the 2-core CPU, a compiled step
+    is ~35% faster (fused norms, activations and LoRA arithmetic), but the first step pays
+    ~50 s of compilation (~10 s with inductor's on-disk cache warm), so it only pays for
+    runs of a few hundred steps. Layers are restored to eager afterwards, so evaluation
+    and generation on the same policy do not recompile.
+    """
+    layers = list(getattr(_inner_model(policy), "layers", []))
+    for layer in layers:
+        layer.compile(dynamic=True)
+
+    def undo() -> None:
+        for layer in layers:
+            layer._compiled_call_impl = None
+
+    return undo
+
+
+def _inner_model(policy):
+    inner = policy.model.get_base_model() if hasattr(policy.model, "get_base_model") else policy.model
+    return getattr(inner, inner.base_model_prefix, inner)
+
+
 def train(
     policy,
     pairs: Sequence,
@@ -237,7 +263,22 @@ def train(
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
     cache_root: Path | None = None,
 ) -> TrainResult:
-    """Train `policy`'s adapter on `pairs` with `loss_fn`; see the module docstring."""
+    """Train `policy`'s adapter on `pairs` with `loss_fn`; see the module docstring.
+
+    `use_reference=False` skips the reference (reference-free losses; no `train/kl`).
+    `callbacks` run after every optimizer step (after its checkpoint, if any) with a
+    `StepInfo`; an exception raised there stops the run as a kill would.
+    """
+    undo = compile_layers(policy) if os.environ.get("PREFDESK_COMPILE") == "1" else None
+    try:
+        return _train(policy, pairs, params, tracker, loss_fn, name=name, use_reference=use_reference,
+                      callbacks=callbacks, cache_root=cache_root)
+    finally:
+        if undo is not None:
+            undo()
+
+
+def _train(policy, pairs, params, tracker, loss_fn, *, name, use_reference, callbacks, cache_root) -> TrainResult:
     if not pairs:
         raise ValueError("no pairs to train on")
     t_start = time.perf_counter()
@@ -261,7 +302,9 @@ def train(
     cache = RefCache(fingerprint, cache_root) if params.reference_cache else None
     t_ref = time.perf_counter()
     if use_reference and params.reference_cache:
-        ref = reference_logps(policy, encoded, batch_size=2 * params.batch_size, cache=cache, accelerator=accelerator)
+        first_epoch = bucketed_batches([e.length for e in encoded], params.batch_size, params.seed, 0)
+        ref = reference_logps(policy, encoded, batch_size=params.batch_size, cache=cache, accelerator=accelerator,
+                              batches=first_epoch, multiple=PAD_MULTIPLE)
     ref_seconds = time.perf_counter() - t_ref
 
     # 4. optimizer, schedule, accelerate

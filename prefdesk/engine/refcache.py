@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from prefdesk.config import home
-from prefdesk.engine.batching import EncodedPair
+from prefdesk.engine.batching import EncodedPair, sorted_batches
 from prefdesk.engine.logprobs import pair_logps
 
 
@@ -93,11 +93,16 @@ def reference_logps(
     batch_size: int,
     cache: RefCache | None = None,
     accelerator=None,
+    batches: Sequence[Sequence[int]] | None = None,
+    multiple: int = 1,
 ) -> torch.Tensor:
     """[N, 4] reference values for every encoded pair; only cache misses hit the model.
 
-    With several processes each computes a share of the misses and writes it to the
-    cache; after a barrier every process reads all of them back.
+    `batches` (indices into `encoded`) groups the misses as training will: in bf16 the
+    sums depend slightly on the padded shape, so scoring the reference in the first
+    epoch's own batches makes policy and reference agree exactly at step 1 (the loss
+    starts at log 2). With several processes each computes a share of the misses and
+    writes it to the cache; after a barrier every process reads all of them back.
     """
     values = torch.zeros(len(encoded), 4, dtype=torch.float32)
     missing: list[int] = []
@@ -115,8 +120,17 @@ def reference_logps(
     rank = accelerator.process_index if accelerator is not None else 0
     if world > 1 and cache is None:
         raise ValueError("several processes share reference values through the cache; enable reference_cache")
-    mine = missing[rank::world]
-    computed = pair_logps(policy, [encoded[i] for i in mine], batch_size=batch_size, reference=True)
+    want = set(missing)
+    if batches is None:
+        groups = sorted_batches([encoded[i].length for i in missing], batch_size)
+        groups = [[missing[j] for j in g] for g in groups]
+    else:
+        groups = [[i for i in b if i in want] for b in batches]
+        groups = [g for g in groups if g]
+    mine = [i for g in groups[rank::world] for i in g]
+    pos = {i: j for j, i in enumerate(mine)}
+    local = [[pos[i] for i in g] for g in groups[rank::world]]
+    computed = pair_logps(policy, [encoded[i] for i in mine], reference=True, batches=local, multiple=multiple)
     for j, i in enumerate(mine):
         values[i] = computed[j]
         if cache is not None:
