@@ -65,15 +65,10 @@ def child(mode: str, args) -> dict:
     from prefdesk.config import ModelSettings
     from prefdesk.engine.loop import train
     from prefdesk.models import build_policy
-    from prefdesk.pairs import read_pairs_jsonl
     from prefdesk.tracking import Tracker
 
     policy = build_policy(ModelSettings(name=args.model))
-    if args.model == "tiny":
-        data = Path(__file__).resolve().parents[1] / "prefdesk" / "data" / "default_pairs.jsonl"
-        pairs = read_pairs_jsonl(str(data))[: args.pairs]
-    else:
-        pairs = hh_pairs(args.pairs, args.max_length, policy.tokenizer)
+    pairs = hh_pairs(args.pairs, args.max_length, policy.tokenizer)
     base_bytes = sum(p.numel() * p.element_size() for n, p in policy.model.named_parameters() if "lora_" not in n)
     loaded = _status("VmRSS")
     reset = _reset_peak()
