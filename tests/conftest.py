@@ -22,7 +22,7 @@ def tiny_policy():
     """`tiny_policy(**model_settings)` -> a fresh random tiny Llama policy (SmolLM2 tokenizer).
 
     fp32 unless asked otherwise: on CPU, bf16 at the tiny model's shapes is dominated by
-    oneDNN setting up a kernel per new shape (about 10x slower than fp32 here).
+    oneDNN setting up a kernel per new shape (tens of times slower than fp32 here).
     """
     from prefdesk.config import ModelSettings
     from prefdesk.models import build_policy
