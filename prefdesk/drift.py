@@ -25,12 +25,12 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from prefdesk.config import EvalSettings
-from prefdesk.engine.logprobs import sequence_logps
+from prefdesk.engine.batching import pad_sequences
+from prefdesk.engine.logprobs import compute_context, sequence_logps
 from prefdesk.engine.tokenize import Encoded, encode, encode_prompt
 from prefdesk.evalsets import EvalSet, user
 from prefdesk.models import Policy
@@ -63,20 +63,6 @@ class Generation:
     @property
     def refused(self) -> bool:
         return is_refusal(self.text)
-
-
-def pad_batch(seqs: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask and answer mask for a list of encodings."""
-    width = max(len(e.input_ids) for e in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    ans = torch.zeros_like(ids)
-    for i, e in enumerate(seqs):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        attn[i, :n] = 1
-        ans[i, e.answer_start : n] = 1
-    return {"input_ids": ids, "attention_mask": attn, "answer_mask": ans}
 
 
 @torch.no_grad()
@@ -122,7 +108,7 @@ def _mean_logps(model, tokenizer, items: list[tuple[list, str]], settings: EvalS
     out: list[tuple[float, float]] = []
     for start in range(0, len(items), settings.batch_size):
         chunk = [encode(tokenizer, p, a, max_length) for p, a in items[start : start + settings.batch_size]]
-        b = {k: v.to(device) for k, v in pad_batch(chunk, pad).items()}
+        b = {k: v.to(device) for k, v in pad_sequences(chunk, pad).items()}
         s, n = sequence_logps(model, b["input_ids"], b["attention_mask"], b["answer_mask"])
         out.extend(zip(s.float().tolist(), n.float().tolist()))
     return out
@@ -139,7 +125,7 @@ def kl_along(policy: Policy, gens: list[Generation], settings: EvalSettings) -> 
         chunk = gens[start : start + settings.batch_size]
         # Score every generated token plus the eos (or the next token when cut off).
         encs = [Encoded(g.prompt_ids + g.answer_ids + ([eos] if g.finished else []), len(g.prompt_ids)) for g in chunk]
-        b = {k: v.to(policy.device) for k, v in pad_batch(encs, pad).items()}
+        b = {k: v.to(policy.device) for k, v in pad_sequences(encs, pad).items()}
         pred = b["answer_mask"][:, 1:].bool()  # position t-1 predicts answer token t
         logits_p = policy.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1][pred].float()
         with policy.reference() as ref:
@@ -219,10 +205,12 @@ def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings) -> DriftR
     was_training = model.training
     model.eval()
     try:
-        with policy.reference() as ref_model:
+        # The engine's mixed precision, so eval log-probs match what training saw.
+        with compute_context(model, policy.dtype, policy.device.type), policy.reference() as ref_model:
             ref = _side(ref_model, policy, evalset, settings)
-        pol = _side(model, policy, evalset, settings)
-        kl = kl_along(policy, pol["gens"], settings)
+        with compute_context(model, policy.dtype, policy.device.type):
+            pol = _side(model, policy, evalset, settings)
+            kl = kl_along(policy, pol["gens"], settings)
     finally:
         model.train(was_training)
 
