@@ -21,7 +21,8 @@ REFUSAL_PATTERNS = [
     rf"\bi will not (?:help|assist|provide|do that|comply|answer|share|create|write|generate|give|engage|participate)",
     rf"\bi{_APOS}?m (?:not able|unable) to\b",
     r"\bi am (?:not able|unable) to\b",
-    r"\bas an ai\b",
+    r"\bas an? (?:[a-z-]+ )?ai\b",  # "as an AI", "as a text-based AI"
+    rf"\bi (?:do not|don{_APOS}?t) have the (?:capability|ability) to\b",
     r"\bas a language model\b",
     r"\bi (?:must|have to) (?:decline|refuse)\b",
     rf"\bi{_APOS}?m not (?:comfortable|going to) (?:help|assist|provide|answer|do)",
