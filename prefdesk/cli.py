@@ -31,14 +31,22 @@ JsonOpt = typer.Option(False, "--json", help="print one JSON object instead of t
 def _prepare_env() -> None:
     """State under PREFDESK_HOME: Prefect's database too, unless the user points elsewhere."""
     os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
+    # The first start creates Prefect's database; on 2 busy cores that can pass the 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "alembic", "mlflow", "great_expectations"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our own logger only: the root belongs to Prefect's handlers (timestamps, run names).
+    ours = logging.getLogger("prefdesk")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s | prefdesk | %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
 
 
 def _fail(msg: str, code: int = 1) -> None:

@@ -110,7 +110,7 @@ def default_gates() -> dict[str, Gate]:
     """The drift budget. Each bound names a failure mode the tool exists to catch."""
     return {
         # KL collapse / runaway: the leash.
-        "kl_budget": Gate(metric="drift/kl_per_token", op="<=", bound=0.5),
+        "kl_budget": Gate(metric="drift/kl_per_token", op="<=", bound=0.1),
         # No movement: a run that changed nothing is not a candidate.
         "moved": Gate(metric="drift/kl_per_token", op=">=", bound=1e-4),
         # Verbosity inflation (and collapse to one-liners).

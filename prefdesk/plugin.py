@@ -29,7 +29,7 @@ class TrainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-4
     epochs: int = 1
     max_steps: int | None = Field(None, description="stop after this many optimizer steps")
     batch_size: int = 4
