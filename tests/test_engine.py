@@ -182,7 +182,8 @@ def test_loop_logs_design_metrics_and_saves_the_adapter(tiny_policy, toy_pairs, 
 
     rec = Recorder()
     params = DPOOptimizer.Params(max_steps=3, batch_size=4, output_dir=str(tmp_path), progress=False)
-    res = DPOOptimizer().fit(tiny_policy(), toy_pairs, params, rec)
+    cache = tmp_path / "refs"  # a cold cache of its own, whatever ran before in this session
+    res = DPOOptimizer().fit(tiny_policy(), toy_pairs, params, rec, cache_root=cache)
     assert [s for s, _ in rec.steps] == [1, 2, 3]
     assert all(set(m) == DESIGN_TRAIN for _, m in rec.steps)
     assert set(res.metrics) == DESIGN_TRAIN and res.steps == 3
@@ -190,7 +191,8 @@ def test_loop_logs_design_metrics_and_saves_the_adapter(tiny_policy, toy_pairs, 
     assert res.adapter_path == str(tmp_path / "adapter")
     assert res.extra["ref_cache_misses"] == len(toy_pairs)
     # the next night: same base, same pairs -> every reference value from the cache
-    res2 = DPOOptimizer().fit(tiny_policy(), toy_pairs, params.model_copy(update={"output_dir": str(tmp_path / "b")}), Tracker())
+    res2 = DPOOptimizer().fit(tiny_policy(), toy_pairs, params.model_copy(update={"output_dir": str(tmp_path / "b")}), Tracker(),
+                              cache_root=cache)
     assert (res2.extra["ref_cache_hits"], res2.extra["ref_cache_misses"]) == (len(toy_pairs), 0)
 
 
