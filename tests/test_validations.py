@@ -282,3 +282,12 @@ def test_real_data_desk(tmp_path, rel, rows):
     if "pandalm" in rel:
         ag = rep.check("agreement")
         assert 0.5 < ag.figure < 1.0 and ag.figures["items"] == 999
+
+
+def test_ties_are_quarantined_but_not_counted_as_defects(tmp_path):
+    # 30% ties: every tie row is quarantined (a tie is no pair), yet the input is not broken
+    rows = [_judged(i, [0, 0, 0] if i < 9 else [1, 1, 1]) for i in range(30)]
+    rep = desk(tmp_path, rows, data_docs=False)
+    assert rep.quarantine_reasons == {"tie": 9} and rep.accepted == 21
+    share = rep.check("quarantined_share")
+    assert share.passed and share.figure == 0.0 and "9 ties" in share.reason

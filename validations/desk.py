@@ -451,11 +451,15 @@ def run_data_desk(paths: list[str], settings: DataSettings, out_dir: str | Path,
 
     # quarantined share
     n_q = len(all_quarantined)
-    share = n_q / read.rows_in if read.rows_in else 0.0
+    # A tie is the annotators' verdict, not a broken row: it is quarantined (it is no pair)
+    # but does not count against the share of defective input.
+    n_ties = sum(q.reason.startswith("tie") for q in all_quarantined)
+    share = (n_q - n_ties) / read.rows_in if read.rows_in else 0.0
     checks.append(CheckResult(
         name="quarantined_share", figure=round(share, 4), threshold=th.max_quarantined_share,
         passed=share <= th.max_quarantined_share and n_acc > 0,
-        reason=f"{n_q} of {read.rows_in} rows quarantined" + ("" if n_acc else "; nothing accepted")))
+        reason=f"{n_q - n_ties} of {read.rows_in} rows quarantined as defective"
+        + (f" (+{n_ties} ties, not pairs)" if n_ties else "") + ("" if n_acc else "; nothing accepted")))
 
     checks.sort(key=lambda c: CHECK_ORDER.index(c.name))
     failed = [f"{c.name}: {c.reason}" for c in checks if c.gate and not c.passed]
