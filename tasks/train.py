@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from prefdesk.config import home
 from prefdesk.pairs import read_pairs_jsonl
-from prefdesk.training import train_adapter
+from prefdesk.training import train_adapter, work_dir
 from tasks.common import config_of, tracker_of
+
+CHECKPOINT_EVERY = 20  # optimizer steps; a checkpoint of a LoRA run costs well under a second
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -18,6 +20,7 @@ def train(accepted_path: str, config: dict[str, Any], run_dir: str, run_id: str)
     pairs = read_pairs_jsonl(accepted_path)
     if cfg.data.limit:
         pairs = pairs[: cfg.data.limit]
-    result = train_adapter(cfg, pairs, Path(run_dir) / "train", tracker_of(run_id))
+    out = work_dir(home() / "work", cfg, accepted_path)  # a rerun after a kill resumes here
+    result = train_adapter(cfg, pairs, out, tracker_of(run_id), checkpoint_every=CHECKPOINT_EVERY)
     get_run_logger().info("train: %s, %d steps on %d pairs -> %s", cfg.train.optimizer, result.steps, len(pairs), result.adapter_path)
     return result.adapter_path

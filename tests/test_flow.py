@@ -107,3 +107,23 @@ def test_data_gate_failure_stops_before_training(harness, state_home, tmp_path):
     assert summary["status"] == "stopped: data gates failed" and not summary["promoted"]
     assert len(client().search_model_versions("name='tiny-policy'")) == before
     assert not (run_dir / "train").exists()
+
+
+def test_rerun_resumes_from_the_checkpoint_and_ends_with_the_same_adapter(harness, state_home, monkeypatch, caplog):
+    import hashlib
+    import logging
+
+    import tasks.train
+    from flows.nightly import nightly
+
+    monkeypatch.setattr(tasks.train, "CHECKPOINT_EVERY", 1)
+    over = TINY + LENIENT + ["train.params.seed=11"]  # a config no other test trains
+    first = nightly(overrides=over)
+    adapter = state_home / "work"
+    files = sorted(adapter.glob("dpo-*/adapter/adapter_model.safetensors"))
+    digest = {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    with caplog.at_level(logging.INFO, logger="prefdesk"):
+        second = nightly(overrides=over)  # as if the first had been killed after its last checkpoint
+    assert any("resuming dpo from" in r.getMessage() for r in caplog.records)
+    assert {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in files} == digest
+    assert first["registry"]["version"] != second["registry"]["version"]
