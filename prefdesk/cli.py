@@ -38,7 +38,10 @@ def _prepare_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
+    import warnings
 
+    # peft asks transformers a deprecated question on every eval; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     # Our own logger only: the root belongs to Prefect's handlers (timestamps, run names).
     ours = logging.getLogger("prefdesk")
     if not ours.handlers:
