@@ -14,6 +14,8 @@ true vs false answers, refusal from what the model actually says.
 - pair accuracy: share of held-out pairs whose chosen answer has the higher mean log-prob.
 - reward: the implicit preference reward of held-out pairs,
   [log π(c) − log π_ref(c)] − [log π(r) − log π_ref(r)]; 0 for the reference by definition.
+  `reward_accuracy` is the share of held-out pairs where it is positive (ties half): the
+  held-out version of `train/reward_accuracy`, 0.5 for the reference.
 - win rate: policy answer vs reference answer on each prompt, judged by a transparent
   rubric (right refusal decision first, then finishing within budget, then no loops);
   ties count half, so the reference against itself scores exactly 0.5.
@@ -48,6 +50,7 @@ DRIFT_NAMES = (
     "pair_accuracy",
     "win_rate",
     "reward_mean",
+    "reward_accuracy",
 )
 
 
@@ -242,6 +245,7 @@ def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings) -> DriftR
         "pair_accuracy": pol["pair_accuracy"],
         "win_rate": sum(wins) / max(len(wins), 1),
         "reward_mean": sum(reward) / max(len(reward), 1),
+        "reward_accuracy": sum(1.0 if r > 0 else 0.5 if r == 0 else 0.0 for r in reward) / max(len(reward), 1),
     }
     ref_fig = {
         "kl_per_token": 0.0,
@@ -254,6 +258,7 @@ def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings) -> DriftR
         "pair_accuracy": ref["pair_accuracy"],
         "win_rate": 0.5,
         "reward_mean": 0.0,
+        "reward_accuracy": 0.5,
     }
     metrics = {f"drift/{k}": float(v) for k, v in policy_fig.items()}
     metrics.update({f"reference/drift/{k}": float(v) for k, v in ref_fig.items()})

@@ -29,8 +29,9 @@ def test_untouched_adapter_has_no_drift(policy):
     assert m["drift/length_ratio"] == pytest.approx(1.0)
     assert m["drift/win_rate"] == pytest.approx(0.5)
     assert m["drift/reward_mean"] == pytest.approx(0.0, abs=1e-4)
+    assert m["drift/reward_accuracy"] == pytest.approx(0.5)
     for name in DRIFT_NAMES:
-        if name not in ("kl_per_token", "kl_per_response", "length_ratio", "win_rate", "reward_mean"):
+        if name not in ("kl_per_token", "kl_per_response", "length_ratio", "win_rate", "reward_mean", "reward_accuracy"):
             assert m[f"drift/{name}"] == pytest.approx(m[f"reference/drift/{name}"]), name
 
 
