@@ -7,20 +7,17 @@ passed explicitly because MLflow's active run is thread-local.
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from prefdesk.config import home, load_config
-from prefdesk.tracking import end_run, start_run, Tracker
 from tasks.evaluate import evaluate
 from tasks.gate import gate
 from tasks.ingest import ingest
 from tasks.register import register
+from tasks.run import close_run, new_run_dir, open_run
 from tasks.train import train
 from tasks.validate import validate
 
@@ -29,23 +26,11 @@ class DataGateFailed(RuntimeError):
     """The data desk refused tonight's pairs; nothing was trained or promoted."""
 
 
-def new_run_dir() -> str:
-    return str(home() / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
-
-
-def _write_summary(run_dir: str, summary: dict[str, Any]) -> None:
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-
-
 @flow(name="prefdesk-nightly", log_prints=True)
 def nightly(config_path: str | None = None, overrides: list[str] | None = None, run_dir: str | None = None) -> dict[str, Any]:
-    cfg = load_config(config_path, overrides)
-    config = cfg.model_dump(mode="json")
     run_dir = run_dir or new_run_dir()
-    run_id = start_run(cfg.registry.experiment, run_name=f"nightly-{cfg.train.optimizer}",
-                       tags={"prefdesk.flow_run_id": str(flow_run.id or ""), "prefdesk.run_dir": run_dir})
-    Tracker(run_id).log_params(cfg.flatten())
+    cfg, run_id = open_run(config_path, overrides, run_dir, str(flow_run.id or ""))
+    config = cfg.model_dump(mode="json")
     summary: dict[str, Any] = {"run_id": run_id, "run_dir": run_dir, "flow_run_id": str(flow_run.id or ""),
                                "optimizer": cfg.train.optimizer, "model": cfg.model.name,
                                "experiment": cfg.registry.experiment, "status": "running"}
@@ -83,6 +68,4 @@ def nightly(config_path: str | None = None, overrides: list[str] | None = None, 
         get_run_logger().error(summary["status"])
         raise
     finally:
-        _write_summary(run_dir, summary)
-        Tracker(run_id).log_artifact(str(Path(run_dir) / "summary.json"))
-        end_run(run_id, status)
+        close_run(run_id, run_dir, summary, status)

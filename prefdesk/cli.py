@@ -97,7 +97,8 @@ def run(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, 
     """Run the nightly flow once (through Prefect) and print the summary."""
     _prepare_env()
     _config(config, set_)  # fail fast on a bad config, before Prefect starts
-    from flows.nightly import new_run_dir, nightly
+    from flows.nightly import nightly
+    from tasks.run import new_run_dir
 
     run_dir = new_run_dir()
     state = nightly(config_path=str(config) if config else None, overrides=list(set_ or []), run_dir=run_dir, return_state=True)
