@@ -115,7 +115,7 @@ def run(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, 
 @app.command()
 def validate(
     paths: list[str] = typer.Argument(..., help="files, folders or embedded:NAME"),
-    format: str = typer.Option("auto", "--format", "-f", help="auto, jsonl, json, csv, parquet, ..."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="auto, jsonl, json, csv, parquet, ... (default: the config's data.format)"),
     column: Optional[list[str]] = typer.Option(None, "--column", help="column mapping ROLE=NAME, repeatable"),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
@@ -125,7 +125,8 @@ def validate(
     """Read and check pairs without training; print the data report. Exit 1 when a data gate fails."""
     _prepare_env()
     cfg = _config(config, set_)
-    cfg.data.format = format
+    if format is not None:
+        cfg.data.format = format
     for c in column or []:
         role, _, name = c.partition("=")
         cfg.data.columns[role] = name

@@ -98,7 +98,8 @@ class EvalSettings(_Strict):
 
 
 class Gate(_Strict):
-    """A bound on one drift metric: absolute, or relative to the reference's figure."""
+    """A bound on one drift metric: absolute, relative to the reference's figure on the same
+    prompts, or relative to the current champion's (so a nightly cannot slowly slide)."""
 
     metric: str
     op: Literal["<=", ">="]
@@ -210,6 +211,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for name, gate in (data["gates"] or {}).items():
             if gate is None:
                 merged.pop(name, None)
+            elif not isinstance(gate, dict):
+                raise ValueError(f"gates.{name}: expected a mapping (metric, op, bound, relative_to) or null, "
+                                 f"got {gate!r}; to change one field use gates.{name}.bound=...")
             else:
                 merged[name] = {**merged.get(name, {}), **gate}
         data["gates"] = merged

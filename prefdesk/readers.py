@@ -109,7 +109,8 @@ def _raw_bytes(path: Path) -> bytes:
         data = path.read_bytes()
         if path.suffix.lower() == ".gz" or data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
-        return data
+        # Spreadsheet exports often start with a UTF-8 byte-order mark; JSON parsers refuse it.
+        return data[3:] if data[:3] == b"\xef\xbb\xbf" else data
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from exc
 

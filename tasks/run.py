@@ -24,14 +24,20 @@ def open_run(config_path: str | None, overrides: list[str] | None, run_dir: str,
     cfg = load_config(config_path, overrides)
     run_id = start_run(cfg.registry.experiment, run_name=f"nightly-{cfg.train.optimizer}",
                        tags={"prefdesk.flow_run_id": flow_run_id, "prefdesk.run_dir": run_dir})
-    Tracker(run_id).log_params(cfg.flatten())
+    try:
+        Tracker(run_id).log_params(cfg.flatten())
+    except Exception:
+        end_run(run_id, "FAILED")
+        raise
     return cfg, run_id
 
 
 def close_run(run_id: str, run_dir: str, summary: dict[str, Any], status: str) -> None:
     """Write summary.json (the CLI prints it), attach it to the run, end the run."""
-    path = Path(run_dir) / "summary.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, default=str))
-    Tracker(run_id).log_artifact(str(path))
-    end_run(run_id, status)
+    try:
+        path = Path(run_dir) / "summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2, default=str))
+        Tracker(run_id).log_artifact(str(path))
+    finally:
+        end_run(run_id, status)  # never leave the run RUNNING, whatever failed above

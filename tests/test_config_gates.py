@@ -63,6 +63,8 @@ def test_all_gates_pass_on_a_healthy_candidate():
 def test_each_failure_mode_trips_its_gate(over, gate):
     report = evaluate_gates(default_gates(), _metrics(**over))
     assert [r.name for r in report.failed] == [gate]
+    # only a guard rail broken while the reward rose is called hacking; no movement is not
+    assert report.suspected_reward_hacking == (gate not in ("moved", "pair_accuracy", "win_rate"))
     assert report.metrics()[f"gate/{gate}"] == 0.0 and report.metrics()["gate/all"] == 0.0
 
 

@@ -109,21 +109,42 @@ def test_data_gate_failure_stops_before_training(harness, state_home, tmp_path):
     assert not (run_dir / "train").exists()
 
 
-def test_rerun_resumes_from_the_checkpoint_and_ends_with_the_same_adapter(harness, state_home, monkeypatch, caplog):
+def test_killed_nightly_resumes_from_its_checkpoint_with_the_same_adapter(harness, state_home, monkeypatch, caplog):
     import hashlib
     import logging
 
+    import prefdesk.engine.loop as loop
     import tasks.train
     from flows.nightly import nightly
 
     monkeypatch.setattr(tasks.train, "CHECKPOINT_EVERY", 1)
     over = TINY + LENIENT + ["train.params.seed=11"]  # a config no other test trains
-    first = nightly(overrides=over)
-    adapter = state_home / "work"
-    files = sorted(adapter.glob("dpo-*/adapter/adapter_model.safetensors"))
-    digest = {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+    def adapter_digest():
+        newest = max(state_home.glob("work/dpo-*/adapter/adapter_model.safetensors"), key=lambda p: p.stat().st_mtime)
+        return hashlib.sha256(newest.read_bytes()).hexdigest()
+
+    whole = nightly(overrides=over)  # uninterrupted: the adapter to match
+    expected = adapter_digest()
+
+    class Killed(RuntimeError):
+        pass
+
+    real_save = loop.save_checkpoint
+
+    def save_then_die(ckpt_dir, step, *args, **kw):
+        path = real_save(ckpt_dir, step, *args, **kw)
+        if step == 2:
+            raise Killed("killed right after the step-2 checkpoint")
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    state = nightly(overrides=over, return_state=True)
+    assert state.is_failed()
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
     with caplog.at_level(logging.INFO, logger="prefdesk"):
-        second = nightly(overrides=over)  # as if the first had been killed after its last checkpoint
-    assert any("resuming dpo from" in r.getMessage() for r in caplog.records)
-    assert {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in files} == digest
-    assert first["registry"]["version"] != second["registry"]["version"]
+        again = nightly(overrides=over)  # the operator starts it again
+    assert any("resuming dpo from" in r.getMessage() and "step-2" in r.getMessage() for r in caplog.records)
+    assert adapter_digest() == expected
+    assert again["registry"]["version"] != whole["registry"]["version"]

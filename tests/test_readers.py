@@ -176,3 +176,14 @@ def test_real_data_smoke(rel, rows):
     assert res.rows_in == rows
     _invariant(res)
     assert len(res.pairs) > rows * 0.8
+
+
+def test_utf8_byte_order_mark_is_not_a_bad_row(tmp_path):
+    from prefdesk.readers import read_pairs
+
+    row = '{"prompt": "p", "chosen": "good", "rejected": "bad"}'
+    other = '{"prompt": "q", "chosen": "fine", "rejected": "worse"}'
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (row + "\n" + other + "\n").encode())
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + ("[" + row + "]").encode())
+    res = read_pairs([str(tmp_path / "bom.jsonl"), str(tmp_path / "bom.json")])
+    assert res.rows_in == 3 and res.quarantined == [] and len(res.pairs) == 3

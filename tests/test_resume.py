@@ -50,6 +50,7 @@ def test_resume_after_kill_gives_the_same_adapter(tiny_policy, toy_pairs, tmp_pa
     # a new process would build a fresh policy from the same settings: so do we
     resumed = DPOOptimizer().fit(tiny_policy(), toy_pairs, _params(broken), Tracker())
     assert resumed.extra["resumed_from"].endswith("step-4")
+    assert not (broken / "checkpoints").exists(), "a finished run clears its checkpoints"
     a, b = _adapter(whole), _adapter(resumed)
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:

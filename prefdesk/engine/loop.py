@@ -391,6 +391,9 @@ def _train(policy, pairs, params, tracker, loss_fn, *, name, use_reference, call
     adapter = out_dir / "adapter"
     if main:
         policy.save_adapter(adapter)
+        # Finished: the checkpoints have done their job. Left behind, they would make the
+        # next identical run "resume" its tail instead of logging a whole run of its own.
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     final = {k: v / max(count, 1) for k, v in sums.items()}
     extra = {
