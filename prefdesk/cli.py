@@ -1,7 +1,8 @@
 """`prefdesk`: one entry point for the nightly flow and its parts.
 
-The CLI is the top of the stack: it composes the layers (flows, validations) lazily inside
-each command, so `prefdesk --help` stays instant and no layer below imports one above.
+The CLI is the top of the stack and the one module of `prefdesk/` that reaches up: it
+composes the layers (flows, tasks, validations) lazily inside each command, so the core
+library never imports them and `prefdesk --help` stays instant (tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def train(
         _fail(str(exc))
     for q in result.quarantined:
         err.print(f"[yellow]quarantined[/] {q.source}:{q.line}: {q.reason}")
-    pairs = result.pairs[: cfg.data.limit] if cfg.data.limit else result.pairs
+    pairs = result.pairs[: cfg.data.limit] if cfg.data.limit else result.pairs  # as train_adapter will
     run_id = start_run(cfg.registry.experiment, run_name=f"train-{optimizer}", tags={"prefdesk.kind": "train"})
     status = "FAILED"
     try:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -71,7 +71,6 @@ class Generation:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[tuple[str, str]], settings: EvalSettings, device) -> list[Generation]:
     """Greedy answers, batched with left padding; deterministic, so policy and reference compare fairly."""
-    out: list[Generation] = []
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
@@ -100,8 +99,7 @@ def generate(model, tokenizer, prompts: list[tuple[str, str]], settings: EvalSet
             answer = row[: row.index(eos)] if finished else row
             text = tokenizer.decode(answer, skip_special_tokens=True)
             results[i] = Generation(prompts[i][0], prompts[i][1], enc[r], answer, text, finished)
-    out = [results[i] for i in range(len(prompts))]
-    return out
+    return [results[i] for i in range(len(prompts))]
 
 
 @torch.no_grad()
@@ -126,7 +124,7 @@ def kl_along(policy: Policy, gens: list[Generation], settings: EvalSettings) -> 
     out: list[tuple[float, int]] = []
     for start in range(0, len(gens), settings.batch_size):
         chunk = gens[start : start + settings.batch_size]
-        # Score every generated token plus the eos (or the next token when cut off).
+        # Score every generated token, and the eos when the answer ended with one.
         encs = [Encoded(g.prompt_ids + g.answer_ids + ([eos] if g.finished else []), len(g.prompt_ids)) for g in chunk]
         b = {k: v.to(policy.device) for k, v in pad_sequences(encs, pad).items()}
         pred = b["answer_mask"][:, 1:].bool()  # position t-1 predicts answer token t

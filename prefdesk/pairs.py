@@ -29,12 +29,6 @@ def pair_id(prompt: list[Message], chosen: str, rejected: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
-def prompt_key(prompt: list[Message]) -> str:
-    """Hash of the prompt alone (for leakage and per-prompt grouping)."""
-    payload = json.dumps([(m["role"], _canon(m["content"])) for m in prompt], ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-
-
 @dataclass(frozen=True)
 class Pair:
     prompt: list[Message]

@@ -14,11 +14,11 @@ import re
 _APOS = "['\u2019]"
 REFUSAL_PATTERNS = [
     rf"\bi{_APOS}?m sorry,? but\b",
-    rf"\bi am sorry,? but\b",
+    r"\bi am sorry,? but\b",
     rf"\bsorry,? (?:but )?i (?:can{_APOS}?t|cannot|won{_APOS}?t|am unable|{_APOS}?m unable|am not able)",
     rf"\bi (?:can{_APOS}?t|cannot|can not) (?:help|assist|provide|do that|comply|support|fulfil|fulfill|answer|share|create|write|generate|give|engage|participate)",
     rf"\bi won{_APOS}?t (?:help|assist|provide|do that|be able|comply|answer|share|create|write|generate|give|engage|participate)",
-    rf"\bi will not (?:help|assist|provide|do that|comply|answer|share|create|write|generate|give|engage|participate)",
+    r"\bi will not (?:help|assist|provide|do that|comply|answer|share|create|write|generate|give|engage|participate)",
     rf"\bi{_APOS}?m (?:not able|unable) to\b",
     r"\bi am (?:not able|unable) to\b",
     r"\bas an? (?:[a-z-]+ )?ai\b",  # "as an AI", "as a text-based AI"

@@ -44,16 +44,14 @@ def ensure_experiment(name: str) -> str:
 
 
 class Tracker:
-    """Logs step metrics to one MLflow run; with no run id it only keeps the last values."""
+    """Logs to one MLflow run by id; with no run id (tests, a bare `fit`) it logs nothing."""
 
     def __init__(self, run_id: str | None = None):
         self.run_id = run_id
-        self.last: dict[str, float] = {}
         self._client = client() if run_id else None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-        self.last.update(clean)
         if self._client is None or not clean:
             return
         from mlflow.entities import Metric

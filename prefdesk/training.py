@@ -23,6 +23,8 @@ from prefdesk.tracking import Tracker
 def train_adapter(
     cfg: PrefdeskConfig, pairs: Sequence[Pair], output_dir: str | Path, tracker: Tracker, checkpoint_every: int = 0
 ) -> TrainResult:
+    if cfg.data.limit:
+        pairs = list(pairs)[: cfg.data.limit]
     if not pairs:
         raise ValueError("no accepted pairs to train on")
     cls = plugin.load(cfg.train.optimizer)

@@ -18,9 +18,7 @@ def train(accepted_path: str, config: dict[str, Any], run_dir: str, run_id: str)
     """Run the configured optimizer plugin; returns the adapter folder."""
     cfg = config_of(config)
     pairs = read_pairs_jsonl(accepted_path)
-    if cfg.data.limit:
-        pairs = pairs[: cfg.data.limit]
     out = work_dir(home() / "work", cfg, accepted_path)  # a rerun after a kill resumes here
     result = train_adapter(cfg, pairs, out, tracker_of(run_id), checkpoint_every=CHECKPOINT_EVERY)
-    get_run_logger().info("train: %s, %d steps on %d pairs -> %s", cfg.train.optimizer, result.steps, len(pairs), result.adapter_path)
+    get_run_logger().info("train: %s, %d steps -> %s", cfg.train.optimizer, result.steps, result.adapter_path)
     return result.adapter_path

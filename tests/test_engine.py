@@ -20,7 +20,6 @@ from prefdesk.engine.loop import TrainingDiverged, train
 from prefdesk.engine.losses import LossOutput
 from prefdesk.engine.refcache import RefCache, base_fingerprint, reference_logps
 from prefdesk.engine.tokenize import encode, encode_prompt
-from prefdesk.pairs import Pair
 from prefdesk.plugin import TrainParams
 from prefdesk.tracking import Tracker
 

@@ -8,9 +8,8 @@ pandas 3), so 200,000 pairs cost seconds, not minutes.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -22,18 +22,19 @@ import torch
 CHUNK = 1024  # answer positions per log-softmax chunk
 
 
-def _inner(model):
+def unwrap(model):
     """The transformers model under a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _decoder(model):
-    inner = _inner(model)
+def decoder(model):
+    """The decoder stack (hidden states, no LM head) of a causal LM, peft-wrapped or not."""
+    inner = unwrap(model)
     return getattr(inner, inner.base_model_prefix, None) or inner.model
 
 
 def _lm_head(model):
-    return _inner(model).get_output_embeddings()
+    return unwrap(model).get_output_embeddings()
 
 
 def is_right_padded(attention_mask: torch.Tensor | None) -> bool:
@@ -49,7 +50,7 @@ def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     if not is_right_padded(attention_mask):
         kwargs["attention_mask"] = attention_mask
         kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    return _decoder(model)(**kwargs).last_hidden_state
+    return decoder(model)(**kwargs).last_hidden_state
 
 
 def token_logps(

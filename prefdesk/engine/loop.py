@@ -6,7 +6,8 @@ Read top to bottom, `train()` does:
 2. plan the whole run: length-bucketed batches for each epoch, seeded, so the data order
    is a pure function of (pairs, seed) and a resumed run can find its place by step number;
 3. compute the reference log-probs in one no-grad pass with the adapter switched off,
-   reading and filling the on-disk cache: training steps never run the reference;
+   reading and filling the on-disk cache: training steps never run the reference
+   (unless `reference_cache=False`, which runs it live, no-grad, in every step);
 4. build AdamW over the LoRA weights (fp32, so is its state) and a linear warmup/decay
    schedule, and hand model and optimizer to `accelerate` (CPU, one GPU or
    `accelerate launch` on several, the same code);
@@ -37,7 +38,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -46,7 +47,7 @@ import torch
 
 from prefdesk.config import home
 from prefdesk.engine.batching import PAD_MULTIPLE, EncodedPair, bucketed_batches, collate, encode_pairs, padding_share
-from prefdesk.engine.logprobs import AnswerLogps, compute_context, sequence_logps
+from prefdesk.engine.logprobs import AnswerLogps, compute_context, decoder, sequence_logps
 from prefdesk.engine.losses import LossOutput, PairLogps, step_metrics
 from prefdesk.engine.refcache import RefCache, base_fingerprint, reference_logps
 from prefdesk.plugin import TrainParams, TrainResult
@@ -235,7 +236,7 @@ def compile_layers(policy) -> Callable[[], None]:
     runs of a few hundred steps. Layers are restored to eager afterwards, so evaluation
     and generation on the same policy do not recompile.
     """
-    layers = list(getattr(_inner_model(policy), "layers", []))
+    layers = list(getattr(decoder(policy.model), "layers", []))
     for layer in layers:
         layer.compile(dynamic=True)
 
@@ -244,11 +245,6 @@ def compile_layers(policy) -> Callable[[], None]:
             layer._compiled_call_impl = None
 
     return undo
-
-
-def _inner_model(policy):
-    inner = policy.model.get_base_model() if hasattr(policy.model, "get_base_model") else policy.model
-    return getattr(inner, inner.base_model_prefix, inner)
 
 
 def train(

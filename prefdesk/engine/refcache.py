@@ -29,7 +29,7 @@ import torch
 
 from prefdesk.config import home
 from prefdesk.engine.batching import EncodedPair, sorted_batches
-from prefdesk.engine.logprobs import pair_logps
+from prefdesk.engine.logprobs import pair_logps, unwrap
 
 
 def default_root() -> Path:
@@ -45,9 +45,8 @@ def base_fingerprint(policy) -> str:
     """
     h = hashlib.sha256()
     h.update(f"{policy.base_name}|{policy.dtype}|{policy.quantized}".encode())
-    inner = policy.model.get_base_model() if hasattr(policy.model, "get_base_model") else policy.model
     with torch.no_grad():
-        for name, t in inner.state_dict().items():
+        for name, t in unwrap(policy.model).state_dict().items():
             if "lora_" in name:
                 continue
             h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
