@@ -131,16 +131,12 @@ def validate(
     for c in column or []:
         role, _, name = c.partition("=")
         cfg.data.columns[role] = name
-    from prefdesk.evalsets import load_evalset
-    from prefdesk.models import load_tokenizer
     from prefdesk.readers import DataError
-    from validations.desk import run_data_desk
+    from validations.desk import run_for_config
 
     target = out_dir or home() / "validate" / time.strftime("%Y%m%d-%H%M%S")
     try:
-        evalset = load_evalset(cfg.data.eval, cfg.eval.refusal_sets, cfg.eval.factuality)
-        report = run_data_desk(paths, cfg.data, target, tokenizer=load_tokenizer(cfg.model.name),
-                               eval_prompts=evalset.all_prompt_texts())
+        report = run_for_config(paths, cfg, target)
     except (DataError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if json_:

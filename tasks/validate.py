@@ -8,12 +8,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from prefdesk.evalsets import load_evalset
-from prefdesk.models import load_tokenizer
 from prefdesk.pairs import read_pairs_jsonl
 from prefdesk.tracking import client
 from tasks.common import config_of, table_rows, tracker_of
-from validations.desk import run_data_desk
+from validations.desk import run_for_config
 
 
 def _log_dataset(run_id: str, accepted_path: str, digest: str, sources: list[str]) -> None:
@@ -38,9 +36,7 @@ def validate(files: list[str], config: dict[str, Any], run_dir: str, run_id: str
     """Data desk: quarantine what cannot be trained on, run the GX checks, report everywhere."""
     cfg = config_of(config)
     out = Path(run_dir) / "data"
-    evalset = load_evalset(cfg.data.eval, cfg.eval.refusal_sets, cfg.eval.factuality)
-    report = run_data_desk(files, cfg.data, out, tokenizer=load_tokenizer(cfg.model.name),
-                           eval_prompts=evalset.all_prompt_texts())
+    report = run_for_config(files, cfg, out)
     tracker = tracker_of(run_id)
     tracker.log_metrics(report.metrics())
     report_path = report.report_path

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prefdesk.config import DataSettings
+from prefdesk.config import DataSettings, PrefdeskConfig
 from prefdesk.pairs import Pair, Quarantined, write_pairs_jsonl
 from prefdesk.readers import read_pairs
 from validations import features as F
@@ -175,6 +175,17 @@ def _reason_key(reason: str) -> str:
 
 def dataset_hash(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def run_for_config(paths: list[str], cfg: PrefdeskConfig, out_dir: str | Path) -> DataReport:
+    """The data desk as the flow and `prefdesk validate` both run it: the model's tokenizer
+    for the length check, and every evaluation prompt for the leakage check."""
+    from prefdesk.evalsets import load_evalset
+    from prefdesk.models import load_tokenizer
+
+    evalset = load_evalset(cfg.data.eval, cfg.eval.refusal_sets, cfg.eval.factuality)
+    return run_data_desk(paths, cfg.data, out_dir, tokenizer=load_tokenizer(cfg.model.name),
+                         eval_prompts=evalset.all_prompt_texts())
 
 
 def run_data_desk(paths: list[str], settings: DataSettings, out_dir: str | Path, tokenizer=None,
