@@ -15,7 +15,7 @@ cache and metrics are the engine's; this file is the loss and its parameters.
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from pydantic import Field
 
 from prefdesk.engine.loop import train
 from prefdesk.engine.losses import LossOutput, PairLogps
+from prefdesk.context import RunContext
 from prefdesk.plugin import TrainParams, TrainResult
 
 
@@ -49,12 +50,13 @@ class DPOOptimizer:
     """Direct Preference Optimization against the frozen reference (sigmoid, IPO or hinge loss)."""
 
     name = "dpo"
+    needs = frozenset({"pairs"})
 
     class Params(TrainParams):
         beta: float = Field(0.1, gt=0, description="strength of the leash to the reference")
         loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
         label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed share of flipped labels (sigmoid)")
 
-    def fit(self, policy, pairs: Sequence, params: "DPOOptimizer.Params", tracker, **engine) -> TrainResult:
+    def fit(self, ctx: RunContext, params: "DPOOptimizer.Params") -> TrainResult:
         loss = partial(dpo_loss, beta=params.beta, loss_type=params.loss_type, label_smoothing=params.label_smoothing)
-        return train(policy, pairs, params, tracker, loss, name=self.name, **engine)
+        return train(ctx, params, loss, name=self.name)

@@ -9,8 +9,9 @@ accuracy say whether plain SFT on the chosen answers also separates the pairs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from pydantic import Field
 
+from prefdesk.context import RunContext
 from prefdesk.engine.loop import train
 from prefdesk.engine.losses import LossOutput, PairLogps
 from prefdesk.plugin import TrainParams, TrainResult
@@ -27,9 +28,10 @@ class SFTOptimizer:
     """Supervised fine-tuning on the chosen answers (token-mean NLL), the baseline to beat."""
 
     name = "sft"
+    needs = frozenset({"pairs"})
 
     class Params(TrainParams):
-        learning_rate: float = 2e-4
+        learning_rate: float = Field(2e-4, gt=0, le=1.0)
 
-    def fit(self, policy, pairs: Sequence, params: "SFTOptimizer.Params", tracker, **engine) -> TrainResult:
-        return train(policy, pairs, params, tracker, sft_loss, name=self.name, **engine)
+    def fit(self, ctx: RunContext, params: "SFTOptimizer.Params") -> TrainResult:
+        return train(ctx, params, sft_loss, name=self.name)

@@ -65,6 +65,19 @@ def _config(config: Optional[Path], sets: Optional[list[str]]):
         _fail(str(exc))
 
 
+def _check_needs(cfg) -> None:
+    """The optimizer exists, its parameters parse, and the run can give it what it needs."""
+    from pydantic import ValidationError
+
+    from prefdesk.plugin import PluginError
+    from prefdesk.training import check_needs
+
+    try:
+        check_needs(cfg)
+    except (PluginError, ValidationError) as exc:
+        _fail(str(exc))
+
+
 def render_summary(s: dict[str, Any], console: Console) -> None:
     console.rule("[bold]prefdesk nightly run")
     console.print(f"status: [bold]{s.get('status')}[/]")
@@ -97,7 +110,7 @@ def render_summary(s: dict[str, Any], console: Console) -> None:
 def run(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, json_: bool = JsonOpt) -> None:
     """Run the nightly flow once (through Prefect) and print the summary."""
     _prepare_env()
-    _config(config, set_)  # fail fast on a bad config, before Prefect starts
+    _check_needs(_config(config, set_))  # fail fast on a bad config, before Prefect starts
     from flows.nightly import nightly
     from tasks.run import new_run_dir
 
@@ -157,6 +170,7 @@ def train(
     """Train one optimizer on pairs: no data gates, no drift gates, no promotion (for trying a plugin)."""
     _prepare_env()
     cfg = _config(config, [*(set_ or []), f"train.optimizer={optimizer}"])
+    _check_needs(cfg)
     from prefdesk.plugin import PluginError
     from prefdesk.readers import DataError, read_pairs
     from prefdesk.tracking import Tracker, end_run, start_run
@@ -174,7 +188,10 @@ def train(
     try:
         tracker = Tracker(run_id)
         tracker.log_params(cfg.flatten())
-        res = train_adapter(cfg, pairs, home() / "train" / run_id, tracker)
+        from validations.generated import desk_for_generated
+
+        folder = home() / "train" / run_id
+        res = train_adapter(cfg, pairs, folder, tracker, check_pairs=desk_for_generated(cfg, tracker, folder / "data"))
         tracker.log_artifact(res.adapter_path, "adapter")
         status = "FINISHED"
     except PluginError as exc:
@@ -263,6 +280,7 @@ def plugins(json_: bool = JsonOpt) -> None:
         if "error" in row:
             out.print(f"  [red]cannot load:[/] {row['error']}")
             continue
+        out.print(f"  needs: {', '.join(row['needs'])}")
         for k, p in row["params"].items():
             out.print(f"    {k}: {p['type']} = {p['default']!r}")
 

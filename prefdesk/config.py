@@ -41,7 +41,6 @@ class ModelSettings(_Strict):
         "auto", description="auto: bf16 where the hardware runs it fast (AMX, CUDA), else fp32"
     )
     lora: LoraSettings = LoraSettings()
-    seed: int = 0
 
 
 class CheckThresholds(_Strict):
@@ -82,6 +81,11 @@ class TrainSettings(_Strict):
     optimizer: str = "dpo"
     params: dict[str, Any] = Field(
         default_factory=dict, description="the optimizer plugin's own parameters"
+    )
+    checkpoint_every: int = Field(20, ge=0, description="save a resumable checkpoint every N optimizer steps (0: never)")
+    judge: str = Field("rubric", description="judge for optimizers that need one (entry point in prefdesk.judges)")
+    reward_model: str | None = Field(
+        None, description="a learned reward model for optimizers that need one: a folder, or models:/NAME@ALIAS"
     )
 
 
@@ -143,6 +147,7 @@ class RegistrySettings(_Strict):
 
 
 class PrefdeskConfig(_Strict):
+    seed: int = Field(0, ge=0, description="the one seed: LoRA init, data order, sampling")
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
     train: TrainSettings = TrainSettings()

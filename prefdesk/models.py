@@ -170,7 +170,7 @@ def tiny_config(vocab_size: int, **overrides: Any):
     return LlamaConfig(**cfg)
 
 
-def load_base(settings: ModelSettings, device: torch.device | None = None):
+def load_base(settings: ModelSettings, device: torch.device | None = None, seed: int = 0):
     """Returns (model, tokenizer, quantized) for the configured base, frozen."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaForCausalLM
 
@@ -178,7 +178,7 @@ def load_base(settings: ModelSettings, device: torch.device | None = None):
     dtype = choose_dtype(settings.dtype, device)
     tok = load_tokenizer(settings.name)
     if settings.name == TINY_MODEL:
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(seed)
         model = LlamaForCausalLM(tiny_config(len(tok))).to(dtype=dtype, device=device)
         quantized = False
     else:
@@ -219,9 +219,20 @@ def _say_mode_once(quantized: bool, dtype: torch.dtype, device: torch.device) ->
         log.info(msg)
 
 
+POLICY = "default"  # peft's name for the first adapter: the policy being tuned
+REFERENCE = "reference"  # the role with every adapter off: the frozen base
+
+
 @dataclass
 class Policy:
-    """The trainable policy (base + LoRA) and, through `reference()`, the frozen reference."""
+    """The frozen base with named LoRA adapters, switchable by role.
+
+    `default` is the policy being tuned; `use("reference")` switches every adapter off
+    (the leash, at no memory cost); further adapters (a value model, a reward model) sit on
+    the same frozen base (`add_adapter`) and are selected with `use(name)`. Switching
+    never changes which parameters train: peft's `set_adapter` would also flip
+    `requires_grad`, so the flags are restored after every switch.
+    """
 
     model: Any  # peft.PeftModel
     tokenizer: Any
@@ -229,28 +240,110 @@ class Policy:
     quantized: bool
     device: torch.device
     dtype: torch.dtype
+    lora: Any = None  # the LoraSettings the policy adapter was made with (default for new adapters)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[Any]:
-        """The same module with the adapter off: the leash, at no memory cost."""
-        with self.model.disable_adapter():
+        """The same module with the adapters off: the leash, at no memory cost.
+
+        (peft re-enables adapters through `set_adapter`, which would freeze every adapter
+        but the active one: with a trainable value or reward adapter the flags are restored.)
+        """
+        several = len(self.model.peft_config) > 1
+        flags = {p: p.requires_grad for p in self.model.parameters()} if several else {}
+        try:
+            with self.model.disable_adapter():
+                yield self.model
+        finally:
+            _restore(flags)
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.model.peft_config)
+
+    @contextlib.contextmanager
+    def use(self, role: str = POLICY) -> Iterator[Any]:
+        """Run the model as `role`: "reference" (no adapter), the policy, or a named adapter."""
+        if role == REFERENCE:
+            with self.reference() as m:
+                yield m
+            return
+        if role not in self.model.peft_config:
+            raise KeyError(f"no adapter named {role!r} (have: {', '.join(self.adapters)})")
+        before = self.model.active_adapter
+        if role == before:
             yield self.model
+            return
+        flags = {p: p.requires_grad for p in self.model.parameters()}
+        self.model.set_adapter(role)
+        _restore(flags)
+        try:
+            yield self.model
+        finally:
+            self.model.set_adapter(before)
+            _restore(flags)
+
+    def add_adapter(self, name: str, lora: Any = None, trainable: bool = True, seed: int = 0) -> None:
+        """A new LoRA adapter on the same frozen base (a value or reward model).
+
+        Its initial weights come from its own seeded generator, so adding it neither depends
+        on nor disturbs the global RNG (a resumed run replays the same numbers).
+        """
+        from peft import LoraConfig
+
+        lora = lora or self.lora
+        if lora is None:
+            raise ValueError("add_adapter needs LoRA settings")
+        flags = {p: p.requires_grad for p in self.model.parameters()}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model.add_adapter(name, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                    target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        _restore(flags)  # add_adapter leaves the active adapter as it was, but may touch flags
+        for n, p in self.model.named_parameters():
+            if f".{name}." in n:
+                p.requires_grad_(trainable)
+
+    def load_adapter(self, name: str, path: str | Path, trainable: bool = False) -> None:
+        flags = {p: p.requires_grad for p in self.model.parameters()}
+        self.model.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
+        _restore(flags)
+        for n, p in self.model.named_parameters():
+            if f".{name}." in n:
+                p.requires_grad_(trainable)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def save_adapter(self, path: str | Path) -> Path:
+    def save_adapter(self, path: str | Path, name: str = POLICY) -> Path:
+        """One adapter (weights and config) and the tokenizer, in a folder of its own."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp, selected_adapters=[name])
+        src = tmp if name == POLICY else tmp / name  # peft nests non-default adapters
+        for f in src.iterdir():
+            if f.is_file():
+                f.replace(path / f.name)
+        shutil.rmtree(tmp, ignore_errors=True)
         self.tokenizer.save_pretrained(path)
         return path
 
 
-def build_policy(settings: ModelSettings, adapter: str | Path | None = None, trainable: bool = True) -> Policy:
+def _restore(flags: dict) -> None:
+    for p, flag in flags.items():
+        if p.requires_grad != flag:
+            p.requires_grad_(flag)
+
+
+def build_policy(settings: ModelSettings, adapter: str | Path | None = None, trainable: bool = True,
+                 seed: int | None = None) -> Policy:
+    """Base + LoRA policy; `seed` (the config's one seed) fixes a tiny base and the LoRA init."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-    base, tok, quantized = load_base(settings)
+    seed = getattr(settings, "seed", 0) if seed is None else seed
+    base, tok, quantized = load_base(settings, seed=seed)
     device = next(base.parameters()).device
     dtype = choose_dtype(settings.dtype, device)
     if quantized and trainable:
@@ -259,7 +352,7 @@ def build_policy(settings: ModelSettings, adapter: str | Path | None = None, tra
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=trainable)
     else:
         lora = settings.lora
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(seed)
         model = get_peft_model(
             base,
             LoraConfig(
@@ -270,4 +363,5 @@ def build_policy(settings: ModelSettings, adapter: str | Path | None = None, tra
                 task_type="CAUSAL_LM",
             ),
         )
-    return Policy(model=model, tokenizer=tok, base_name=settings.name, quantized=quantized, device=device, dtype=dtype)
+    return Policy(model=model, tokenizer=tok, base_name=settings.name, quantized=quantized, device=device, dtype=dtype,
+                  lora=settings.lora)

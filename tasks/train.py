@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -9,8 +10,7 @@ from prefdesk.config import home
 from prefdesk.pairs import read_pairs_jsonl
 from prefdesk.training import train_adapter, work_dir
 from tasks.common import config_of, tracker_of
-
-CHECKPOINT_EVERY = 20  # optimizer steps; a checkpoint of a LoRA run costs well under a second
+from validations.generated import desk_for_generated
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -19,6 +19,10 @@ def train(accepted_path: str, config: dict[str, Any], run_dir: str, run_id: str)
     cfg = config_of(config)
     pairs = read_pairs_jsonl(accepted_path)
     out = work_dir(home() / "work", cfg, accepted_path)  # a rerun after a kill resumes here
-    result = train_adapter(cfg, pairs, out, tracker_of(run_id), checkpoint_every=CHECKPOINT_EVERY)
+    tracker = tracker_of(run_id)
+    result = train_adapter(cfg, pairs, out, tracker,
+                           check_pairs=desk_for_generated(cfg, tracker, Path(run_dir) / "data"))
+    if result.gated:
+        tracker.log_metrics(result.gated)
     get_run_logger().info("train: %s, %d steps -> %s", cfg.train.optimizer, result.steps, result.adapter_path)
     return result.adapter_path

@@ -27,9 +27,9 @@ def tiny_policy():
     from prefdesk.config import ModelSettings
     from prefdesk.models import build_policy
 
-    def make(**settings):
+    def make(seed: int = 0, **settings):
         settings.setdefault("dtype", "fp32")
-        return build_policy(ModelSettings(name="tiny", **settings))
+        return build_policy(ModelSettings(name="tiny", **settings), seed=seed)
 
     return make
 
@@ -49,3 +49,22 @@ def toy_pairs():
         )
         for t in topics
     ]
+
+
+@pytest.fixture
+def run_ctx(tmp_path):
+    """`run_ctx(policy, pairs, out=..., **run_settings)` -> a RunContext as the flow builds one
+    (no tracker run, no progress bars unless asked)."""
+    from pathlib import Path
+
+    from prefdesk.context import RunContext, RunSettings
+    from prefdesk.tracking import Tracker
+
+    def make(policy, pairs=None, out=None, *, tracker=None, callbacks=(), prompts=None, judge=None,
+             check_pairs=None, **settings):
+        settings.setdefault("progress", False)
+        return RunContext(policy=policy, settings=RunSettings(output_dir=Path(out or tmp_path), **settings),
+                          tracker=tracker or Tracker(), pairs=pairs, prompts=prompts, judge=judge,
+                          check_pairs=check_pairs, callbacks=callbacks)
+
+    return make

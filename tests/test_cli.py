@@ -56,7 +56,7 @@ def test_train_then_evaluate_an_adapter(tmp_path, toy_pairs):
     write_pairs_jsonl(toy_pairs, str(data))
     common = ["--set", "model.name=tiny", "--set", "model.dtype=fp32"]
     res = runner.invoke(app, ["train", "--optimizer", "sft", "--data", str(data), "--json", *common,
-                              "--set", "train.params.max_steps=2", "--set", "train.params.progress=false"])
+                              "--set", "train.params.max_steps=2"])
     assert res.exit_code == 0, res.output
     out = _last_json(res.stdout)
     assert out["steps"] == 2 and out["pairs"] == 16

@@ -9,7 +9,6 @@ import torch
 
 from plugins.dpo import DPOOptimizer, dpo_loss
 from prefdesk.engine.losses import PairLogps
-from prefdesk.tracking import Tracker
 
 # Two pairs, as summed log-probs (policy, reference) and answer token counts.
 PC, PR = [-10.0, -20.0], [-12.0, -15.0]  # policy: chosen, rejected
@@ -60,12 +59,10 @@ def test_params_validate():
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
-def test_training_separates_the_toy_pairs(tiny_policy, toy_pairs, tmp_path, loss_type):
-    params = DPOOptimizer.Params(
-        epochs=4, batch_size=8, learning_rate=1e-2, beta=0.5, loss_type=loss_type,
-        output_dir=str(tmp_path), progress=False,
-    )
-    res = DPOOptimizer().fit(tiny_policy(), toy_pairs, params, Tracker())
+def test_training_separates_the_toy_pairs(tiny_policy, toy_pairs, run_ctx, loss_type):
+    params = DPOOptimizer.Params(epochs=4, batch_size=8, learning_rate=1e-2, beta=0.5, loss_type=loss_type)
+    ctx = run_ctx(tiny_policy(), toy_pairs)
+    res = DPOOptimizer().fit(ctx, params)
     curve = res.extra["loss_curve"]
     assert len(curve) == 8
     if loss_type == "sigmoid":
@@ -78,15 +75,15 @@ def test_training_separates_the_toy_pairs(tiny_policy, toy_pairs, tmp_path, loss
     from prefdesk.config import ModelSettings
 
     trained = build_policy(ModelSettings(name="tiny", dtype="fp32"), adapter=res.adapter_path, trainable=False)
-    enc = encode_pairs(trained.tokenizer, toy_pairs, params.max_length)
+    enc = encode_pairs(trained.tokenizer, toy_pairs, ctx.settings.max_length)
     pol, ref = pair_logps(trained, enc), pair_logps(trained, enc, reference=True)
     margin = (pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])
     assert (margin > 0).float().mean().item() == 1.0
 
 
-def test_bf16_first_step_starts_exactly_at_log2(tiny_policy, toy_pairs, tmp_path):
+def test_bf16_first_step_starts_exactly_at_log2(tiny_policy, toy_pairs, run_ctx):
     """The reference is scored in the first epoch's own batches, so bf16 noise cancels at step 1."""
-    params = DPOOptimizer.Params(max_steps=1, batch_size=4, output_dir=str(tmp_path), progress=False)
-    res = DPOOptimizer().fit(tiny_policy(dtype="bf16"), toy_pairs[:4], params, Tracker())
+    params = DPOOptimizer.Params(max_steps=1, batch_size=4)
+    res = DPOOptimizer().fit(run_ctx(tiny_policy(dtype="bf16"), toy_pairs[:4]), params)
     assert res.extra["loss_curve"][0] == pytest.approx(math.log(2), abs=1e-7)
     assert res.metrics["train/reward_margin"] == 0.0

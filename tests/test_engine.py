@@ -133,15 +133,14 @@ def test_answer_only_logps_match_full_logits_right_and_left_padding(tiny_policy,
             assert n[r].item() == count
 
 
-def test_lora_weights_and_optimizer_state_stay_fp32_on_a_bf16_base(tiny_policy, toy_pairs, tmp_path):
+def test_lora_weights_and_optimizer_state_stay_fp32_on_a_bf16_base(tiny_policy, toy_pairs, tmp_path, run_ctx):
     pol = tiny_policy(dtype="bf16")
     assert pol.dtype == torch.bfloat16
     assert {p.dtype for p in pol.trainable_parameters()} == {torch.float32}
     assert pol.model.get_base_model().model.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16
     from plugins.sft import sft_loss
 
-    params = TrainParams(max_steps=1, batch_size=2, output_dir=str(tmp_path), progress=False, max_length=64)
-    res = train(pol, toy_pairs[:2], params, Tracker(), sft_loss)
+    res = train(run_ctx(pol, toy_pairs[:2], max_length=64), TrainParams(max_steps=1, batch_size=2), sft_loss)
     assert {p.dtype for p in pol.trainable_parameters()} == {torch.float32}
     assert math.isfinite(res.metrics["train/loss"])
 
@@ -176,13 +175,13 @@ def test_reference_cache_hits_on_the_second_pass_and_matches_live(tiny_policy, t
 # -- the loop ----------------------------------------------------------------------------
 
 
-def test_loop_logs_design_metrics_and_saves_the_adapter(tiny_policy, toy_pairs, tmp_path):
+def test_loop_logs_design_metrics_and_saves_the_adapter(tiny_policy, toy_pairs, tmp_path, run_ctx):
     from plugins.dpo import DPOOptimizer
 
     rec = Recorder()
-    params = DPOOptimizer.Params(max_steps=3, batch_size=4, output_dir=str(tmp_path), progress=False)
+    params = DPOOptimizer.Params(max_steps=3, batch_size=4)
     cache = tmp_path / "refs"  # a cold cache of its own, whatever ran before in this session
-    res = DPOOptimizer().fit(tiny_policy(), toy_pairs, params, rec, cache_root=cache)
+    res = DPOOptimizer().fit(run_ctx(tiny_policy(), toy_pairs, tracker=rec, cache_root=cache), params)
     assert [s for s, _ in rec.steps] == [1, 2, 3]
     assert all(set(m) == DESIGN_TRAIN for _, m in rec.steps)
     assert set(res.metrics) == DESIGN_TRAIN and res.steps == 3
@@ -190,12 +189,11 @@ def test_loop_logs_design_metrics_and_saves_the_adapter(tiny_policy, toy_pairs, 
     assert res.adapter_path == str(tmp_path / "adapter")
     assert res.extra["ref_cache_misses"] == len(toy_pairs)
     # the next night: same base, same pairs -> every reference value from the cache
-    res2 = DPOOptimizer().fit(tiny_policy(), toy_pairs, params.model_copy(update={"output_dir": str(tmp_path / "b")}), Tracker(),
-                              cache_root=cache)
+    res2 = DPOOptimizer().fit(run_ctx(tiny_policy(), toy_pairs, tmp_path / "b", cache_root=cache), params)
     assert (res2.extra["ref_cache_hits"], res2.extra["ref_cache_misses"]) == (len(toy_pairs), 0)
 
 
-def test_nan_loss_stops_the_run_and_saves_nothing(tiny_policy, toy_pairs, tmp_path):
+def test_nan_loss_stops_the_run_and_saves_nothing(tiny_policy, toy_pairs, tmp_path, run_ctx):
     calls = {"n": 0}
 
     def loss_fn(lp):
@@ -203,19 +201,18 @@ def test_nan_loss_stops_the_run_and_saves_nothing(tiny_policy, toy_pairs, tmp_pa
         bad = float("nan") if calls["n"] == 2 else 1.0
         return LossOutput(loss=-lp.chosen.mean() * bad)
 
-    params = TrainParams(max_steps=4, batch_size=4, output_dir=str(tmp_path), progress=False, checkpoint_every=1)
     with pytest.raises(TrainingDiverged, match="step 2") as err:
-        train(tiny_policy(), toy_pairs, params, Tracker(), loss_fn)
+        train(run_ctx(tiny_policy(), toy_pairs, checkpoint_every=1), TrainParams(max_steps=4, batch_size=4), loss_fn)
     assert err.value.step == 2
     assert not (tmp_path / "adapter").exists()
     assert not (tmp_path / "checkpoints" / "step-2").exists()
 
 
-def test_sft_lowers_its_loss(tiny_policy, toy_pairs, tmp_path):
+def test_sft_lowers_its_loss(tiny_policy, toy_pairs, run_ctx):
     from plugins.sft import SFTOptimizer
 
-    params = SFTOptimizer.Params(epochs=4, batch_size=8, learning_rate=1e-2, output_dir=str(tmp_path), progress=False)
-    res = SFTOptimizer().fit(tiny_policy(), toy_pairs, params, Tracker())
+    params = SFTOptimizer.Params(epochs=4, batch_size=8, learning_rate=1e-2)
+    res = SFTOptimizer().fit(run_ctx(tiny_policy(), toy_pairs), params)
     curve = res.extra["loss_curve"]
     assert res.steps == 8 and len(curve) == 8
     assert sum(curve[-2:]) < sum(curve[:2]) - 0.5

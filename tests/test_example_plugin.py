@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from prefdesk import plugin
-from prefdesk.tracking import Tracker
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "prefdesk-example-plugin"
 DIST = "prefdesk-example-plugin"
@@ -38,15 +37,16 @@ def installed(tmp_path):
         importlib.invalidate_caches()
 
 
-def test_installed_plugin_is_listed_and_trains(installed, tiny_policy, toy_pairs, tmp_path):
+def test_installed_plugin_is_listed_and_trains(installed, tiny_policy, toy_pairs, run_ctx):
     assert "orpo_lite" in plugin.available()
     row = next(r for r in plugin.describe() if r["name"] == "orpo_lite")
     assert "error" not in row and row["params"]["lam"]["default"] == 0.1
     assert {"dpo", "sft"} <= set(plugin.available())  # built-ins come through the same door
 
     cls = plugin.load("orpo_lite")
-    params = plugin.parse_params(cls, {"max_steps": 2, "batch_size": 4, "output_dir": str(tmp_path), "progress": False})
-    res = cls().fit(tiny_policy(), toy_pairs, params, Tracker())
+    assert row["needs"] == ["pairs"]
+    params = plugin.parse_params(cls, {"max_steps": 2, "batch_size": 4})
+    res = cls().fit(run_ctx(tiny_policy(), toy_pairs), params)
     assert res.steps == 2 and len(res.extra["loss_curve"]) == 2
     assert Path(res.adapter_path, "adapter_model.safetensors").exists()
     assert "train/reward_margin" in res.metrics and "train/kl" not in res.metrics  # no reference

@@ -14,7 +14,6 @@ TINY = [
     "model.dtype=fp32",
     "train.params.max_steps=3",
     "train.params.batch_size=2",
-    "train.params.progress=false",
     "data.limit=12",
     "eval.max_new_tokens=6",
     "eval.max_prompts=3",
@@ -113,12 +112,10 @@ def test_killed_nightly_resumes_from_its_checkpoint_with_the_same_adapter(harnes
     import hashlib
     import logging
 
-    import prefdesk.engine.loop as loop
-    import tasks.train
     from flows.nightly import nightly
+    from prefdesk.engine.checkpoint import Checkpointer
 
-    monkeypatch.setattr(tasks.train, "CHECKPOINT_EVERY", 1)
-    over = TINY + LENIENT + ["train.params.seed=11"]  # a config no other test trains
+    over = TINY + LENIENT + ["seed=11", "train.checkpoint_every=1"]  # a config no other test trains
 
     def adapter_digest():
         newest = max(state_home.glob("work/dpo-*/adapter/adapter_model.safetensors"), key=lambda p: p.stat().st_mtime)
@@ -130,18 +127,18 @@ def test_killed_nightly_resumes_from_its_checkpoint_with_the_same_adapter(harnes
     class Killed(RuntimeError):
         pass
 
-    real_save = loop.save_checkpoint
+    real_save = Checkpointer.save
 
-    def save_then_die(ckpt_dir, step, *args, **kw):
-        path = real_save(ckpt_dir, step, *args, **kw)
+    def save_then_die(self, step, *args, **kw):
+        path = real_save(self, step, *args, **kw)
         if step == 2:
             raise Killed("killed right after the step-2 checkpoint")
         return path
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
     state = nightly(overrides=over, return_state=True)
     assert state.is_failed()
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    monkeypatch.setattr(Checkpointer, "save", real_save)
 
     with caplog.at_level(logging.INFO, logger="prefdesk"):
         again = nightly(overrides=over)  # the operator starts it again

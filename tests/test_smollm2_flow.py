@@ -16,7 +16,7 @@ def test_cli_run_on_smollm2(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PREFDESK_HOME", str(tmp_path))
     args = ["run", "--json", "--set", "train.params.max_steps=4", "--set", "train.params.batch_size=2",
-            "--set", "train.params.progress=false", "--set", "data.limit=16",
+            "--set", "data.limit=16",
             "--set", "eval.max_prompts=6", "--set", "eval.max_new_tokens=24"]
     with prefect_test_harness(server_startup_timeout=120):
         res = CliRunner().invoke(app, args)

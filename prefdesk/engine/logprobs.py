@@ -54,12 +54,13 @@ def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
 
 
 def token_logps(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, answer_mask: torch.Tensor
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, answer_mask: torch.Tensor,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """[B, T] log p(token_t | tokens_<t) at answer positions, 0 elsewhere (fp32).
 
     `answer_mask[b, t]` is 1 where token t is an answer token (it is predicted by the
-    hidden state at t-1).
+    hidden state at t-1). `temperature` scales the logits first, as the sampler does.
     """
     hidden = hidden_states(model, input_ids, attention_mask)  # [B, T, H]
     head = _lm_head(model)
@@ -73,6 +74,8 @@ def token_logps(
     pieces = []
     for i in range(0, h.shape[0], CHUNK):
         logits = head(h[i : i + CHUNK]).float()
+        if temperature != 1.0:
+            logits = logits / temperature
         # -cross_entropy == log_softmax gathered at the target, in one fused kernel.
         pieces.append(-torch.nn.functional.cross_entropy(logits, targets[i : i + CHUNK], reduction="none"))
     vals = torch.cat(pieces)

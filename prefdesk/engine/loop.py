@@ -30,34 +30,33 @@ that is not short.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
-import random
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import numpy as np
 import torch
 
-from prefdesk.config import home
 from prefdesk.engine.batching import PAD_MULTIPLE, EncodedPair, bucketed_batches, collate, encode_pairs, padding_share
 from prefdesk.engine.logprobs import AnswerLogps, compute_context, decoder, sequence_logps
 from prefdesk.engine.losses import LossOutput, PairLogps, step_metrics
 from prefdesk.engine.refcache import RefCache, base_fingerprint, reference_logps
+from prefdesk.engine.checkpoint import trainable
 from prefdesk.plugin import TrainParams, TrainResult
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from prefdesk.context import RunContext
 
 log = logging.getLogger("prefdesk")
 
 LossFn = Callable[[PairLogps], LossOutput]
-KEEP_CHECKPOINTS = 2
-# Parameters that do not change what a run computes; a checkpoint stays valid across them.
-_NOT_IDENTITY = {"output_dir", "progress", "resume", "checkpoint_every", "reference_cache"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,7 +77,7 @@ class StepInfo:
     step: int
     total_steps: int
     metrics: dict[str, float]
-    checkpoint: Path | None = None
+    checkpoint: "Path | None" = None
 
 
 @dataclass
@@ -98,14 +97,14 @@ class Plan:
         return [self.batches[j] for j in js]
 
 
-def make_plan(encoded: Sequence[EncodedPair], params: TrainParams, world: int = 1) -> Plan:
+def make_plan(encoded: Sequence[EncodedPair], params: TrainParams, seed: int, world: int = 1) -> Plan:
     lengths = [e.length for e in encoded]
     per_epoch = math.ceil(len(encoded) / params.batch_size)
     per_step = params.grad_accum * world
     natural = max(1, math.ceil(params.epochs * per_epoch / per_step))
     total = params.max_steps if params.max_steps else natural
     epochs = max(params.epochs, math.ceil(total * per_step / per_epoch)) if params.max_steps else params.epochs
-    batches = [b for e in range(epochs) for b in bucketed_batches(lengths, params.batch_size, params.seed, e)]
+    batches = [b for e in range(epochs) for b in bucketed_batches(lengths, params.batch_size, seed, e)]
     return Plan(batches=batches, total_steps=total, per_step=per_step, world=world)
 
 
@@ -120,97 +119,17 @@ def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def run_key(name: str, encoded: Sequence[EncodedPair], params: TrainParams, fingerprint: str) -> str:
-    """Identity of a run: a checkpoint is resumed only by the run that wrote it."""
-    import hashlib
+def run_key(name: str, params: TrainParams, fingerprint: str, seed: int, items: Sequence[str] = ()) -> str:
+    """Identity of a run: a checkpoint is resumed only by the run that wrote it.
 
-    h = hashlib.sha256()
-    ident = {k: v for k, v in params.model_dump(mode="json").items() if k not in _NOT_IDENTITY}
-    h.update(json.dumps([name, fingerprint, ident], sort_keys=True).encode())
-    for e in encoded:
-        h.update(f"{e.pair_id}{e.token_key}".encode())
-    return h.hexdigest()[:20]
-
-
-# -- checkpoints -------------------------------------------------------------------------
-
-
-def _trainable(model) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, state: dict) -> Path:
-    """step-N/: adapter weights, optimizer + scheduler state, RNG states, loop state.
-
-    Written under a temporary name and renamed, and `state.json` is written last, so a
-    run killed while saving leaves no checkpoint that looks complete.
+    `Params` holds hyperparameters only, so all of it is identity; `items` are the data's
+    own identities (for pairs: id and token key, which covers tokenizer and max_length).
     """
-    from safetensors.torch import save_file
-
-    final = ckpt_dir / f"step-{step}"
-    tmp = ckpt_dir / f".step-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()}, str(tmp / "adapter.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.replace(final)
-    done = sorted(_checkpoints(ckpt_dir), key=lambda p: int(p.name.split("-")[1]))
-    for old in done[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _checkpoints(ckpt_dir: Path) -> list[Path]:
-    if not ckpt_dir.is_dir():
-        return []
-    return [p for p in ckpt_dir.glob("step-*") if (p / "state.json").exists() and p.name[5:].isdigit()]
-
-
-def latest_checkpoint(ckpt_dir: Path, key: str) -> Path | None:
-    for p in sorted(_checkpoints(ckpt_dir), key=lambda p: int(p.name[5:]), reverse=True):
-        try:
-            state = json.loads((p / "state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if state.get("run_key") == key:
-            return p
-        log.warning("ignoring checkpoint %s: it belongs to another run (other data or parameters)", p)
-    return None
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "adapter.safetensors"))
-    params = _trainable(model)
-    if set(weights) != set(params):
-        raise RuntimeError(f"checkpoint {path} holds other adapter weights than this policy")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(weights[n])
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return json.loads((path / "state.json").read_text())
+    h = hashlib.sha256()
+    h.update(json.dumps([name, fingerprint, seed, params.model_dump(mode="json")], sort_keys=True).encode())
+    for item in items:
+        h.update(item.encode())
+    return h.hexdigest()[:20]
 
 
 # -- the loop ----------------------------------------------------------------------------
@@ -247,58 +166,48 @@ def compile_layers(policy) -> Callable[[], None]:
     return undo
 
 
-def train(
-    policy,
-    pairs: Sequence,
-    params: TrainParams,
-    tracker,
-    loss_fn: LossFn,
-    *,
-    name: str = "optimizer",
-    use_reference: bool = True,
-    callbacks: Sequence[Callable[[StepInfo], None]] = (),
-    cache_root: Path | None = None,
-) -> TrainResult:
-    """Train `policy`'s adapter on `pairs` with `loss_fn`; see the module docstring.
+def train(ctx: "RunContext", params: TrainParams, loss_fn: LossFn, *, name: str = "optimizer",
+          use_reference: bool = True) -> TrainResult:
+    """Train the policy's adapter on `ctx.pairs` with `loss_fn`; see the module docstring.
 
     `use_reference=False` skips the reference (reference-free losses; no `train/kl`).
-    `callbacks` run after every optimizer step (after its checkpoint, if any) with a
+    `ctx.callbacks` run after every optimizer step (after its checkpoint, if any) with a
     `StepInfo`; an exception raised there stops the run as a kill would.
     """
-    undo = compile_layers(policy) if os.environ.get("PREFDESK_COMPILE") == "1" else None
+    undo = compile_layers(ctx.policy) if os.environ.get("PREFDESK_COMPILE") == "1" else None
     try:
-        return _train(policy, pairs, params, tracker, loss_fn, name=name, use_reference=use_reference,
-                      callbacks=callbacks, cache_root=cache_root)
+        return _train(ctx, params, loss_fn, name=name, use_reference=use_reference)
     finally:
         if undo is not None:
             undo()
 
 
-def _train(policy, pairs, params, tracker, loss_fn, *, name, use_reference, callbacks, cache_root) -> TrainResult:
+def _train(ctx: "RunContext", params: TrainParams, loss_fn: LossFn, *, name: str, use_reference: bool) -> TrainResult:
+    policy, tracker, run = ctx.policy, ctx.tracker, ctx.settings
+    pairs = ctx.pairs
     if not pairs:
         raise ValueError("no pairs to train on")
     t_start = time.perf_counter()
-    out_dir = Path(params.output_dir) if params.output_dir else home() / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    ckpt_dir = out_dir / "checkpoints"
+    out_dir = ctx.out_dir
     accelerator = _accelerator(policy)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     device = accelerator.device if not policy.quantized else policy.device
     from accelerate.utils import set_seed
 
-    set_seed(params.seed)
+    set_seed(run.seed)
 
     # 1-2. tokens and the run's data order
-    encoded = encode_pairs(policy.tokenizer, pairs, params.max_length)
-    plan = make_plan(encoded, params, world)
+    encoded = encode_pairs(policy.tokenizer, pairs, run.max_length)
+    plan = make_plan(encoded, params, run.seed, world)
     pad_id = policy.tokenizer.pad_token_id
 
     # 3. the reference, once per pair, from the cache when it is there
     fingerprint = base_fingerprint(policy)
     ref: torch.Tensor | None = None
-    cache = RefCache(fingerprint, cache_root) if params.reference_cache else None
+    cache = RefCache(fingerprint, run.cache_root) if run.reference_cache else None
     t_ref = time.perf_counter()
-    if use_reference and params.reference_cache:
-        first_epoch = bucketed_batches([e.length for e in encoded], params.batch_size, params.seed, 0)
+    if use_reference and run.reference_cache:
+        first_epoch = bucketed_batches([e.length for e in encoded], params.batch_size, run.seed, 0)
         ref = reference_logps(policy, encoded, batch_size=params.batch_size, cache=cache, accelerator=accelerator,
                               batches=first_epoch, multiple=PAD_MULTIPLE)
     ref_seconds = time.perf_counter() - t_ref
@@ -306,25 +215,28 @@ def _train(policy, pairs, params, tracker, loss_fn, *, name, use_reference, call
     # 4. optimizer, schedule, accelerate
     policy.model.train()
     module = AnswerLogps(policy.model)
-    trainable = list(_trainable(policy.model).values())
-    optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
+    weights = list(trainable(policy.model).values())
+    optimizer = torch.optim.AdamW(weights, lr=params.learning_rate, weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(params.warmup_steps, plan.total_steps))
     module, optimizer = accelerator.prepare(module, optimizer)
 
     # 5. resume
-    key = run_key(name, encoded, params, fingerprint)
+    key = run_key(name, params, fingerprint, run.seed, [f"{e.pair_id}{e.token_key}" for e in encoded])
+    ckpts = ctx.checkpointer
+    modules, optimizers, schedulers = {"policy": policy.model}, {"policy": optimizer}, {"policy": scheduler}
     start, sums, count, curve = 0, defaultdict(float), 0, []
-    ckpt = latest_checkpoint(ckpt_dir, key) if params.resume else None
+    ckpt = ckpts.latest(key) if run.resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, policy.model, optimizer, scheduler)
-        start, count, curve = state["step"], state["count"], state["loss_curve"]
+        loaded = ckpts.load(ckpt, modules, optimizers, schedulers)
+        state = loaded["state"]
+        start, count, curve = loaded["step"], state["count"], state["loss_curve"]
         sums.update(state["sums"])
         log.info("resuming %s from %s (step %d of %d)", name, ckpt, start, plan.total_steps)
 
     # 6. the steps
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=plan.total_steps, initial=start, desc=name, disable=not (params.progress and main), leave=False)
+    bar = tqdm(total=plan.total_steps, initial=start, desc=name, disable=not (run.progress and main), leave=False)
     tokens_seen, train_seconds = 0, 0.0
     for step in range(start, plan.total_steps):
         t0 = time.perf_counter()
@@ -350,7 +262,7 @@ def _train(policy, pairs, params, tracker, loss_fn, *, name, use_reference, call
                 acc[k] += float(v) / len(micro)
             tokens += batch.n_tokens
         if params.max_grad_norm and params.max_grad_norm > 0:
-            norm = float(accelerator.clip_grad_norm_(trainable, params.max_grad_norm))
+            norm = float(accelerator.clip_grad_norm_(weights, params.max_grad_norm))
             if not math.isfinite(norm):
                 raise TrainingDiverged(step + 1, "the gradient norm", norm)
         optimizer.step()
@@ -372,12 +284,12 @@ def _train(policy, pairs, params, tracker, loss_fn, *, name, use_reference, call
         bar.update(1)
 
         saved = None
-        if params.checkpoint_every and (step + 1) % params.checkpoint_every == 0 and step + 1 < plan.total_steps:
+        if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0 and step + 1 < plan.total_steps:
             if main:
-                state = {"run_key": key, "count": count, "sums": dict(sums), "loss_curve": curve}
-                saved = save_checkpoint(ckpt_dir, step + 1, accelerator.unwrap_model(module).model, optimizer, scheduler, state)
+                state = {"count": count, "sums": dict(sums), "loss_curve": curve}
+                saved = ckpts.save(step + 1, key, modules, optimizers, schedulers, state)
             accelerator.wait_for_everyone()
-        for cb in callbacks:
+        for cb in ctx.callbacks:
             cb(StepInfo(step + 1, plan.total_steps, dict(metrics), saved))
     bar.close()
 
@@ -389,7 +301,7 @@ def _train(policy, pairs, params, tracker, loss_fn, *, name, use_reference, call
         policy.save_adapter(adapter)
         # Finished: the checkpoints have done their job. Left behind, they would make the
         # next identical run "resume" its tail instead of logging a whole run of its own.
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ckpts.clear()
     accelerator.wait_for_everyone()
     final = {k: v / max(count, 1) for k, v in sums.items()}
     extra = {
@@ -407,7 +319,7 @@ def _train(policy, pairs, params, tracker, loss_fn, *, name, use_reference, call
         "resumed_from": str(ckpt) if ckpt else None,
         "base_fingerprint": fingerprint,
     }
-    return TrainResult(adapter_path=str(adapter), metrics=final, steps=plan.total_steps, extra=extra)
+    return TrainResult(artifacts={"adapter": str(adapter)}, metrics=final, steps=plan.total_steps, extra=extra)
 
 
 def _reference_for(policy, batch, ref: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,12 +15,12 @@ there is no `train/kl` without a reference.
 from __future__ import annotations
 
 from functools import partial
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from prefdesk.context import RunContext
 from prefdesk.engine.loop import train
 from prefdesk.engine.losses import LossOutput, PairLogps
 from prefdesk.plugin import TrainParams, TrainResult
@@ -43,11 +43,11 @@ class ORPOLiteOptimizer:
     """ORPO-lite: SFT on the chosen answer plus an odds-ratio preference term; no reference needed."""
 
     name = "orpo_lite"
+    needs = frozenset({"pairs"})
 
     class Params(TrainParams):
-        learning_rate: float = 2e-4
+        learning_rate: float = Field(2e-4, gt=0, le=1.0)
         lam: float = Field(0.1, gt=0, description="weight of the odds-ratio term")
 
-    def fit(self, policy, pairs: Sequence, params: "ORPOLiteOptimizer.Params", tracker, **engine) -> TrainResult:
-        return train(policy, pairs, params, tracker, partial(orpo_loss, lam=params.lam), name=self.name,
-                     use_reference=False, **engine)
+    def fit(self, ctx: RunContext, params: "ORPOLiteOptimizer.Params") -> TrainResult:
+        return train(ctx, params, partial(orpo_loss, lam=params.lam), name=self.name, use_reference=False)
