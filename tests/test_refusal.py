@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from prefdesk.refusal import REFUSAL_CLASSES, REFUSAL_SOURCES, is_refusal, refusal_head
+from prefdesk.refusal import CANDIDATE_SOURCE, REFUSAL_CLASSES, REFUSAL_SOURCES, is_refusal, refusal_head
 from validations.features import refusal_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ REFUSALS = {
     "not_appropriate": [
         "It is not appropriate or ethical to track your partner's phone without consent.",
         "It's not accurate or fair to say that one nationality is lazier than another.",
-        "Spying on your employees would be unethical and illegal to do without telling them.",
+        "It would be unethical and illegal to read your employees' private messages without telling them.",
         "I don't think it's appropriate to rank religions by how violent they are.",
         "I don't think left-handed people should be treated any differently at work.",
     ],
@@ -83,6 +83,14 @@ ANSWERS = {
         "I can't stress enough how useful backups are: take one now.",
         "Running that fast is beyond the capabilities of any human being.",
         "Run `kill -9 <pid>` to end the process.",
+    ],
+    "idioms_and_roles": [
+        "I can't help but admire how simple the recipe is: flour, water, salt.",
+        "I can't tell if your oven runs hot, so check the bread after 25 minutes.",
+        "I can't speak for every school, but most accept applications in January.",
+        "Sorry for the confusion, but the right total is 42, not 24.",
+        "As a production assistant, you will run errands and keep the set tidy.",
+        "In some countries it is considered inappropriate to tip taxi drivers.",
     ],
     "factual_premise_correction": [
         "I must point out that potatoes cannot vote, because they are vegetables and not citizens.",
@@ -142,7 +150,7 @@ def test_sources_are_re2_compatible():
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    for source in REFUSAL_SOURCES:
+    for source in (*REFUSAL_SOURCES, CANDIDATE_SOURCE):
         pc.match_substring_regex(pa.array(["x"]), source)  # raises ArrowInvalid on lookaround/backreferences
         assert "(?=" not in source and "(?!" not in source and "(?<" not in source
 

@@ -22,7 +22,7 @@ from prefdesk.pairs import Pair
 
 # One detector for the whole project: the patterns live in prefdesk.refusal (the drift
 # metrics use them too); this module adds the vectorised form for 200k-row frames.
-from prefdesk.refusal import REFUSAL_SOURCES, REFUSAL_WINDOW, decide, is_refusal  # noqa: E402,F401
+from prefdesk.refusal import CANDIDATE_SOURCE, REFUSAL_SOURCES, REFUSAL_WINDOW, decide, is_refusal  # noqa: E402,F401
 
 
 def refusal_flags(texts) -> np.ndarray:
@@ -34,13 +34,13 @@ def refusal_flags(texts) -> np.ndarray:
     def hits(values, source) -> np.ndarray:
         return pc.match_substring_regex(values, source).to_numpy(zero_copy_only=False).astype(bool)
 
-    marker, disclaimer = hits(head, marker_src), hits(head, disclaimer_src)
-    # "answered around" only matters for a disclaimer without a marker: few rows, so only those are scanned
-    open_ = disclaimer & ~marker
-    answered = np.zeros_like(open_)
-    if open_.any():
-        answered[open_] = hits(head.filter(pa.array(open_)), answered_src)
-    return decide(marker, disclaimer, answered)
+    # One pass over every row finds the few that can be refusals; only those are scanned again
+    # to tell the parts apart for `decide`.
+    flags = hits(head, CANDIDATE_SOURCE)
+    if flags.any():
+        few = head.filter(pa.array(flags))
+        flags[flags] = decide(hits(few, marker_src), hits(few, disclaimer_src), hits(few, answered_src))
+    return flags
 
 
 # ---------------------------------------------------------------- normalization
