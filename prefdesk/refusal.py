@@ -166,7 +166,8 @@ _DISCLAIMER = (
 DISCLAIMER_SOURCE = rf"^[^\n]{{0,100}}?(?:{_DISCLAIMER})"
 
 _PIVOT = r"(?:\bbut|\bhowever|\bthat said|\bthat being said|\bnevertheless|\bnonetheless|\bstill)"
-# What follows a pivot when the answer goes on (a pivot into "you can ask them" does not).
+# What follows a pivot when the answer goes on. A pivot into "you could ask them" or "the best
+# way is to ask" is a referral, not an answer, so "you" and a bare "the" are not on the list.
 _GOES_ON = (
     rf"(?:i (?:can|could|will|would|am happy|am glad) |i{_A}?(?:ll|d|m happy|m glad) |here|let me|in |to |"
     rf"generally|if (?:we|taken|you mean|you{_A}?re (?:referring|asking|talking)|you are (?:referring|asking|talking))|"

@@ -67,7 +67,7 @@ DISCLAIMER_REFUSALS = [
 ANSWERS = {
     "disclaimer_then_answer": [
         "As an AI, I don't have personal opinions, but I can tell you that most economists disagree.",
-        "As an AI, I don't hold views. However, the usual arguments for a four-day week are these.",
+        "As an AI, I don't hold views. However, many people argue for a four-day week because it cuts burnout.",
         "As an AI language model, I can provide some tips on writing a cover letter.",
         "I'm just an AI, I don't have feelings, but here are three ways to cheer up a friend.",
         "As an AI developed by a lab, I understand this may be a joke. However, in the film the robot wins.",
