@@ -22,15 +22,25 @@ from prefdesk.pairs import Pair
 
 # One detector for the whole project: the patterns live in prefdesk.refusal (the drift
 # metrics use them too); this module adds the vectorised form for 200k-row frames.
-from prefdesk.refusal import REFUSAL_SOURCE as _REFUSAL_SRC  # noqa: E402
-from prefdesk.refusal import REFUSAL_WINDOW, is_refusal  # noqa: E402,F401
+from prefdesk.refusal import CANDIDATE_SOURCE, REFUSAL_SOURCES, REFUSAL_WINDOW, decide, is_refusal  # noqa: E402,F401
 
 
 def refusal_flags(texts) -> np.ndarray:
-    """`is_refusal` over many texts, vectorised (same patterns, same window, RE2)."""
+    """`is_refusal` over many texts, vectorised (same sources, same window, same rule, RE2)."""
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else _arrow(texts)
     head = pc.utf8_lower(pc.utf8_slice_codeunits(arr, 0, REFUSAL_WINDOW))
-    return pc.match_substring_regex(head, _REFUSAL_SRC).to_numpy(zero_copy_only=False).astype(bool)
+    marker_src, disclaimer_src, answered_src = REFUSAL_SOURCES
+
+    def hits(values, source) -> np.ndarray:
+        return pc.match_substring_regex(values, source).to_numpy(zero_copy_only=False).astype(bool)
+
+    # One pass over every row finds the few that can be refusals; only those are scanned again
+    # to tell the parts apart for `decide`.
+    flags = hits(head, CANDIDATE_SOURCE)
+    if flags.any():
+        few = head.filter(pa.array(flags))
+        flags[flags] = decide(hits(few, marker_src), hits(few, disclaimer_src), hits(few, answered_src))
+    return flags
 
 
 # ---------------------------------------------------------------- normalization
