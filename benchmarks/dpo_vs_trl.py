@@ -27,8 +27,6 @@ adapter weights (6N as usual), attn = Σ_seq 2·L·T²·d (causal QK^T and AV) a
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import os
 import sys
@@ -42,57 +40,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-HH = Path("/work/shared/data/hh-rlhf/harmless-base-test.jsonl.gz")
+# The shared data folder sits next to the repository (see ../shared/data/README.md).
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 LR, BETA, SEED = 1e-4, 0.1, 0
 
 
 # -- data --------------------------------------------------------------------------------
 
 
-def _parse_hh(text: str) -> list[dict]:
-    msgs = []
-    for chunk in text.split("\n\nHuman: ")[1:]:
-        human, _, assistant = chunk.partition("\n\nAssistant:")
-        msgs.append({"role": "user", "content": human.strip()})
-        if _:
-            msgs.append({"role": "assistant", "content": assistant.strip()})
-    return msgs
-
-
-def _local_pairs(path: Path):
-    """A tiny HH parser: prompt = the shared prefix up to the last "\\n\\nAssistant:"."""
-    from prefdesk.pairs import Pair
-
-    out = []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            c, r = row["chosen"], row["rejected"]
-            cut = c.rfind("\n\nAssistant:")
-            if cut < 0 or not r.startswith(c[:cut]):
-                continue
-            head = c[: cut + len("\n\nAssistant:")]
-            msgs = _parse_hh(head)
-            if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"]:
-                msgs = msgs[:-1]
-            chosen, rejected = c[len(head):].strip(), r[len(head):].strip()
-            if msgs and chosen and rejected and chosen != rejected:
-                out.append(Pair(prompt=msgs, chosen=chosen, rejected=rejected))
-    return out
-
-
-def hh_pairs(n: int, max_length: int, tokenizer):
-    """The first n HH pairs whose chosen and rejected both fit untruncated in max_length."""
+def hh_pairs(path: Path, n: int, max_length: int, tokenizer):
+    """The first n HH pairs (read by prefdesk's readers) whose chosen and rejected both fit
+    untruncated in max_length."""
     from prefdesk.engine.batching import encode_pair
+    from prefdesk.readers import read_pairs
 
-    try:
-        from prefdesk.readers import read_pairs
-
-        pairs = read_pairs([str(HH)]).pairs
-    except Exception:  # the reader is another module's; the benchmark must not depend on it
-        pairs = _local_pairs(HH)
     keep = []
-    for p in pairs:
+    for p in read_pairs([str(path)]).pairs:
         e = encode_pair(tokenizer, p, max_length)
         if not (e.chosen.truncated or e.rejected.truncated):
             keep.append(p)
@@ -234,6 +197,7 @@ def run_prefdesk(pairs, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HH-RLHF harmless-base test (.jsonl.gz)")
     ap.add_argument("--pairs", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
@@ -252,7 +216,7 @@ def main() -> None:
     from prefdesk.models import load_tokenizer
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    pairs = hh_pairs(args.pairs, args.max_length, load_tokenizer("smollm2-135m-instruct"))
+    pairs = hh_pairs(args.data, args.pairs, args.max_length, load_tokenizer("smollm2-135m-instruct"))
     print(f"{len(pairs)} HH harmless-base pairs, max_length {args.max_length}, batch {args.batch}")
     peak = matmul_rate()
     print(f"bf16 matmul 4096^3: {peak / 1e12:.3f} TFLOP/s (the machine's bf16 rate for the fraction below)")

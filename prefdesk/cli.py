@@ -27,6 +27,8 @@ err = Console(stderr=True)
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (mirrors the pydantic config)")
 SetOpt = typer.Option(None, "--set", "-s", help="override one field: KEY=VALUE (dotted path), repeatable")
 JsonOpt = typer.Option(False, "--json", help="print one JSON object instead of the report")
+LabelMapOpt = typer.Option(None, "--label-map", help="what pairwise labels mean: VALUE=first|second|tie,... "
+                           "e.g. 0=first,1=second,2=tie (repeatable; config data.label_map)")
 
 
 def _prepare_env() -> None:
@@ -76,6 +78,15 @@ def _check_needs(cfg) -> None:
         check_needs(cfg)
     except (PluginError, ValidationError) as exc:
         _fail(str(exc))
+
+
+def _add_label_map(cfg, label_map: Optional[list[str]]) -> None:
+    from prefdesk.labels import parse_label_map
+
+    try:
+        cfg.data.label_map = {**cfg.data.label_map, **parse_label_map(label_map)}
+    except ValueError as exc:
+        _fail(f"--label-map: {exc}")
 
 
 def render_summary(s: dict[str, Any], console: Console) -> None:
@@ -131,6 +142,7 @@ def validate(
     paths: list[str] = typer.Argument(..., help="files, folders or embedded:NAME"),
     format: Optional[str] = typer.Option(None, "--format", "-f", help="auto, jsonl, json, csv, parquet, ... (default: the config's data.format)"),
     column: Optional[list[str]] = typer.Option(None, "--column", help="column mapping ROLE=NAME, repeatable"),
+    label_map: Optional[list[str]] = LabelMapOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="where the report, quarantine and Data Docs go"),
@@ -144,6 +156,7 @@ def validate(
     for c in column or []:
         role, _, name = c.partition("=")
         cfg.data.columns[role] = name
+    _add_label_map(cfg, label_map)
     from prefdesk.readers import DataError
     from validations.desk import run_for_config
 
@@ -163,6 +176,7 @@ def validate(
 def train(
     optimizer: str = typer.Option(..., "--optimizer", "-o", help="plugin name (see `prefdesk plugins`)"),
     data: list[str] = typer.Option(..., "--data", "-d", help="pair files or folders, repeatable"),
+    label_map: Optional[list[str]] = LabelMapOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     json_: bool = JsonOpt,
@@ -171,15 +185,18 @@ def train(
     _prepare_env()
     cfg = _config(config, [*(set_ or []), f"train.optimizer={optimizer}"])
     _check_needs(cfg)
+    _add_label_map(cfg, label_map)
     from prefdesk.plugin import PluginError
     from prefdesk.readers import DataError, read_pairs
     from prefdesk.tracking import Tracker, end_run, start_run
     from prefdesk.training import train_adapter
 
     try:
-        result = read_pairs(list(data), cfg.data.format, cfg.data.columns or None)
+        result = read_pairs(list(data), cfg.data.format, cfg.data.columns or None, label_map=cfg.data.label_map or None)
     except (DataError, FileNotFoundError) as exc:
         _fail(str(exc))
+    for note in result.notes:
+        err.print(note, markup=False)
     for q in result.quarantined:
         err.print(f"[yellow]quarantined[/] {q.source}:{q.line}: {q.reason}")
     pairs = result.pairs[: cfg.data.limit] if cfg.data.limit else result.pairs  # as train_adapter will

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from prefdesk.labels import parse_label_map
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_PAIRS = "embedded:default"
@@ -68,6 +70,12 @@ class DataSettings(_Strict):
         description="column mapping for other tabular layouts: prompt, chosen, rejected, "
         "response1, response2, label",
     )
+    label_map: dict[str, Literal["first", "second", "tie"]] = Field(
+        default_factory=dict,
+        description="what the labels of a pairwise file mean: value as written -> first, second or tie, "
+        "e.g. {0: first, 1: second, 2: tie} or '0=first,1=second,2=tie'; needed unless the format is "
+        "known (PandaLM, LLMBar)",
+    )
     eval: str = EMBEDDED_EVAL
     max_length: int = 512
     too_long: Literal["quarantine", "truncate"] = "quarantine"
@@ -75,6 +83,11 @@ class DataSettings(_Strict):
     limit: int | None = Field(None, description="use at most this many accepted pairs")
     checks: CheckThresholds = CheckThresholds()
     fail_on_data_gates: bool = True
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _normalise_label_map(cls, value: Any) -> dict[str, str]:
+        return parse_label_map(value)
 
 
 class TrainSettings(_Strict):

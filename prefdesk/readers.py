@@ -8,21 +8,37 @@ row. Row forms:
 
 1. TRL standard: ``prompt``, ``chosen``, ``rejected`` strings (other fields go to ``meta``).
 2. TRL conversational: message lists; the final assistant message is the answer, and any
-   leading messages of ``chosen``/``rejected`` must agree and extend the prompt.
+   leading messages of ``chosen``/``rejected`` must agree and extend the prompt. A message's
+   ``content`` is text or a list of parts (``[{"type": "text", "text": ...}]``, joined); a
+   non-text part (image, audio, ...) is quarantined. ``chosen_messages``/``rejected_messages``
+   are read as ``chosen``/``rejected``.
 3. Implicit prompt: only ``chosen`` and ``rejected``, whole dialogues, either HH-RLHF text
    (``\\n\\nHuman: ...\\n\\nAssistant: ...``) or message lists; the shared prefix is the prompt.
 4. ShareGPT / LLaMA-Factory: ``conversations`` of ``{from, value}`` plus ``chosen`` and
    ``rejected`` (messages or strings).
-5. Pairwise judgments: ``instruction`` (+ ``input``) or ``prompt``, ``response1``,
-   ``response2`` and labels ``annotator1..N`` or one ``label``/``preference`` column
-   (1 or 2 = the better response, 0 = tie). The majority decides; a tie or no majority is
-   quarantined with reason ``tie``. Labels and agreement are kept in ``meta``.
-6. Any other tabular layout through ``columns`` (canonical name -> column in the file).
+5. Pairwise judgments: two responses (``response1``/``response2``, or ``output_1``/``output_2``
+   as LLMBar writes them), the prompt in ``instruction`` (+ ``input``), ``prompt`` or
+   ``input``, and labels ``annotator1..N`` or one ``label``/``preference``/``winner`` column.
+   What a label means is never guessed (see `prefdesk.labels`): a known format (PandaLM,
+   LLMBar, by exact key set), the user's label map (``--label-map 0=first,1=second,2=tie``)
+   or a label naming a response column or ``tie``; any other label quarantines the row with
+   a reason saying what to pass. The majority decides; a tie or no majority is quarantined
+   with reason ``tie``. Labels (1 = first, 2 = second, 0 = tie) and agreement go to ``meta``.
+6. Unpaired examples (KTO style): ``prompt`` + ``completion``, or ``messages``, with a
+   true/false ``label`` (true = desirable). Within a file, each desirable example is paired
+   with an undesirable one of the same prompt (in file order); the leftovers are quarantined,
+   since a pairwise optimizer cannot use an unpaired example. A formed pair counts as one row.
+7. Any other tabular layout through ``columns`` (canonical name -> column in the file); a
+   row of unknown shape is quarantined with the ``--column`` options that would map it.
 
 A row that cannot be read is never dropped silently: it becomes ``Quarantined`` with the
 file, the 1-based line (JSONL/CSV: the physical line in the file; JSON list / Parquet:
-the 1-based item index), a reason and the first 500 characters of the raw row. A file that
-cannot be read at all raises `DataError`.
+the 1-based item index), a reason and the first 500 characters of the raw row. So is a
+row that repeats a JSON key or CSV column (a parser would keep only one value) and a field
+that only invisible characters fill (zero-width spaces and friends are kept inside real
+text, but never count as content). A file that cannot be read at all raises `DataError`.
+How each file's labels were read, and how unpaired examples were paired, goes to
+``ReadResult.notes``.
 """
 
 from __future__ import annotations
@@ -34,10 +50,13 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from prefdesk.invisible import blank_reason, common_prefix_length, differ_only_invisibly, invisible_codes, is_blank
+from prefdesk.labels import KnownFormat, LabelError, LabelReader, known_format, parse_label_map, show
 from prefdesk.pairs import Message, Pair, Quarantined
 
 FILE_FORMATS = ("jsonl", "json", "csv", "parquet")
@@ -63,10 +82,15 @@ class DataError(ValueError):
 class ReadResult:
     pairs: list[Pair]
     quarantined: list[Quarantined]
+    # Rows read, so that rows_in == len(pairs) + len(quarantined): two unpaired examples
+    # joined into one pair count as one row.
     rows_in: int
     # Label lists of every judged row (pairwise form with two or more annotators), ties and
     # no-majority rows included: what inter-annotator agreement is computed from.
     annotations: list[list[int]] = field(default_factory=list)
+    # Human-readable lines for the report: how each file's labels were read (known format,
+    # label map, or ambiguous and quarantined) and how unpaired examples were paired.
+    notes: list[str] = field(default_factory=list)
 
 
 class RowError(ValueError):
@@ -154,8 +178,49 @@ def _raw(obj: Any) -> str:
     return text[:RAW_CHARS].encode("utf-8", errors="replace").decode("utf-8")
 
 
+class _RepeatedKeys(dict):
+    """A JSON object that repeated a key; a plain parser would have kept the last value."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _json_decoder() -> tuple[json.JSONDecoder, list[str]]:
+    """A decoder that marks objects with repeated keys, and the list of keys it found (the
+    caller clears it); a plain dict costs one extra length comparison per object."""
+    found: list[str] = []
+
+    def hook(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) == len(items):
+            return obj
+        marked = _RepeatedKeys(obj)
+        marked.repeated = tuple(k for k, n in Counter(k for k, _ in items).items() if n > 1)
+        found.extend(marked.repeated)
+        return marked
+
+    return json.JSONDecoder(object_pairs_hook=hook), found
+
+
+def _repeated_key(obj: Any) -> str | None:
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _RepeatedKeys):
+            return item.repeated[0]
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _repeated_reason(key: str, where: str) -> str:
+    return f"duplicate key {key!r} in the JSON object {where}: a JSON parser keeps only the last value"
+
+
 def _rows_jsonl(path: Path, data: bytes) -> Iterator[tuple[int, Any, str | None]]:
     """(line, row or raw text, error) for every non-blank line."""
+    decoder, repeated = _json_decoder()
     for lineno, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
@@ -164,10 +229,16 @@ def _rows_jsonl(path: Path, data: bytes) -> Iterator[tuple[int, Any, str | None]
         except UnicodeDecodeError as exc:
             yield lineno, line, f"invalid UTF-8 at byte {exc.start}"
             continue
+        repeated.clear()
         try:
-            yield lineno, json.loads(text), None
+            row = decoder.decode(text)
         except ValueError as exc:
             yield lineno, text, f"bad JSON: {exc}"
+            continue
+        if repeated:
+            yield lineno, text, _repeated_reason(repeated[0], f"on line {lineno}")
+        else:
+            yield lineno, row, None
 
 
 def _rows_json(path: Path, data: bytes) -> Iterator[tuple[int, Any, str | None]]:
@@ -176,8 +247,9 @@ def _rows_json(path: Path, data: bytes) -> Iterator[tuple[int, Any, str | None]]
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: invalid UTF-8 (byte {exc.start})") from exc
+    decoder, repeated = _json_decoder()
     try:
-        obj = json.loads(text)
+        obj = decoder.decode(text)
     except json.JSONDecodeError as exc:
         # A JSONL file named .json: every line an object.
         if exc.msg == "Extra data":
@@ -189,6 +261,8 @@ def _rows_json(path: Path, data: bytes) -> Iterator[tuple[int, Any, str | None]]
             except ValueError:
                 pass
         raise DataError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
+    if isinstance(obj, _RepeatedKeys) and "data" in obj.repeated:
+        raise DataError(f"{path}:1: the top-level key 'data' appears twice; a JSON parser keeps only the last list")
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         items = obj["data"]
     elif isinstance(obj, list):
@@ -198,7 +272,19 @@ def _rows_json(path: Path, data: bytes) -> Iterator[tuple[int, Any, str | None]]
     else:
         raise DataError(f"{path}:1: JSON must be a list of rows or {{\"data\": [...]}}")
     for i, item in enumerate(items, 1):
-        yield i, item, None
+        key = _repeated_key(item) if repeated else None
+        if key is not None:
+            yield i, item, _repeated_reason(key, f"of item {i}")
+        else:
+            yield i, item, None
+
+
+def _repeated_columns(names: list[str]) -> list[str]:
+    return [n for n, k in Counter(names).items() if k > 1 and n]
+
+
+def _repeated_column_reason(name: str, where: str) -> str:
+    return f"duplicate column {name!r} in the {where}: a reader keeps only one of its values"
 
 
 def _rows_csv(path: Path, data: bytes) -> Iterator[tuple[int, Any, str | None]]:
@@ -216,6 +302,7 @@ def _rows_csv(path: Path, data: bytes) -> Iterator[tuple[int, Any, str | None]]:
     if any(_has_surrogate(h) for h in header):
         raise DataError(f"{path}:1: invalid UTF-8 in the CSV header")
     header = [h.strip() for h in header]
+    repeated = _repeated_columns(header)
     while True:
         start = reader.line_num + 1
         try:
@@ -234,6 +321,9 @@ def _rows_csv(path: Path, data: bytes) -> Iterator[tuple[int, Any, str | None]]:
             yield start, ",".join(values), (
                 f"bad CSV row: {len(values)} fields, header has {len(header)}")
             continue
+        if repeated:
+            yield start, ",".join(values), _repeated_column_reason(repeated[0], "CSV header (line 1)")
+            continue
         yield start, dict(zip(header, values)), None
 
 
@@ -241,17 +331,23 @@ def _rows_parquet(path: Path, data: bytes) -> Iterator[tuple[int, Any, str | Non
     try:
         import pyarrow.parquet as pq
 
-        table = pq.read_table(io.BytesIO(data))
+        # ParquetFile, not read_table: the dataset reader refuses a repeated column outright,
+        # this one reads it, so each row can be quarantined with the reason.
+        table = pq.ParquetFile(io.BytesIO(data)).read()
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not readable"
         raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
+    repeated = _repeated_columns(table.column_names)
     for i, row in enumerate(table.to_pylist(), 1):
-        yield i, row, None
+        if repeated:
+            yield i, row, _repeated_column_reason(repeated[0], "Parquet schema")
+        else:
+            yield i, row, None
 
 
 _READERS = {"jsonl": _rows_jsonl, "json": _rows_json, "csv": _rows_csv, "parquet": _rows_parquet}
 
 
-# ---------------------------------------------------------------------------- rows
+# ---------------------------------------------------------------------------- text and messages
 
 
 def _has_surrogate(text: str) -> bool:
@@ -262,16 +358,39 @@ def _has_surrogate(text: str) -> bool:
         return True
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _text(value: Any, what: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         raise RowError(f"missing {what}")
     if not isinstance(value, str):
         raise RowError(f"{what} is {type(value).__name__}, not text")
     if _has_surrogate(value):
         raise RowError(f"invalid UTF-8 in {what}")
-    if not value.strip():
-        raise RowError(f"empty {what}")
+    if is_blank(value):
+        raise RowError(blank_reason(what, value))
     return value
+
+
+_TEXT_PARTS = ("text", "input_text", "output_text")
+
+
+def _parts_text(parts: list[Any], what: str) -> str:
+    """Newer chat formats write content as parts; the text parts joined, as chat templates
+    render them. Anything else (an image, audio, a tool call) cannot be trained on as text."""
+    texts = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        else:
+            raise RowError(f"{what}: content part {i} is {kind!r}, not text; only text parts can be trained on")
+    return "".join(texts)
 
 
 def _message(m: Any, what: str) -> Message:
@@ -283,6 +402,8 @@ def _message(m: Any, what: str) -> Message:
     content = m.get("content", m.get("value"))
     if not isinstance(role, str) or role.lower() not in _ROLE:
         raise RowError(f"{what}: unknown role {role!r}")
+    if isinstance(content, list):
+        content = _parts_text(content, what)
     if content is None or not isinstance(content, str):
         raise RowError(f"{what}: content is {type(content).__name__}, not text")
     if _has_surrogate(content):
@@ -300,9 +421,16 @@ def _messages(value: Any, what: str) -> list[Message]:
     return [_message(m, f"{what}[{i}]") for i, m in enumerate(value)]
 
 
+def _prompt(value: Any, what: str = "prompt") -> list[Message]:
+    """A prompt field: text (one user turn) or messages."""
+    if isinstance(value, (list, dict)):
+        return _messages(value, what)
+    return [{"role": "user", "content": _text(value, what)}]
+
+
 def _check_prompt(prompt: list[Message]) -> list[Message]:
-    if not prompt or not any(m["content"].strip() for m in prompt):
-        raise RowError("empty prompt")
+    if not prompt or all(is_blank(m["content"]) for m in prompt):
+        raise RowError(blank_reason("prompt", "".join(m["content"] for m in prompt)))
     return prompt
 
 
@@ -319,6 +447,9 @@ def _answer_and_prefix(value: Any, what: str) -> tuple[list[Message], str]:
     return msgs[:-1], _text(last["content"], what)
 
 
+# ---------------------------------------------------------------------------- row forms
+
+
 def _split_shared(chosen: Any, rejected: Any, prompt: list[Message]) -> tuple[list[Message], str, str]:
     c_pre, c = _answer_and_prefix(chosen, "chosen")
     r_pre, r = _answer_and_prefix(rejected, "rejected")
@@ -328,6 +459,7 @@ def _split_shared(chosen: Any, rejected: Any, prompt: list[Message]) -> tuple[li
 
 
 def _parse_hh(text: str) -> list[Message]:
+    """HH-RLHF dialogue text (``\\n\\nHuman: ...\\n\\nAssistant: ...``) -> messages."""
     parts = _HH_MARK.split(text)
     msgs: list[Message] = []
     if parts[0].strip():
@@ -340,7 +472,7 @@ def _parse_hh(text: str) -> list[Message]:
 def _implicit_text(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
     if _HH_ASSISTANT not in chosen or _HH_ASSISTANT not in rejected:
         raise RowError("implicit prompt: chosen/rejected are not Human/Assistant dialogues")
-    shared = len(_common_prefix(chosen, rejected))
+    shared = common_prefix_length(chosen, rejected)
     cut = chosen.rfind(_HH_ASSISTANT, 0, shared)
     if cut < 0:
         raise RowError("implicit prompt: chosen and rejected share no dialogue prefix")
@@ -354,18 +486,6 @@ def _implicit_text(chosen: str, rejected: str) -> tuple[list[Message], str, str]
     return _check_prompt(prompt), _text(c, "chosen"), _text(r, "rejected")
 
 
-def _common_prefix(a: str, b: str) -> str:
-    n = min(len(a), len(b))
-    i = 0
-    # Compare in blocks first: dialogues share long prefixes.
-    step = 256
-    while i + step <= n and a[i:i + step] == b[i:i + step]:
-        i += step
-    while i < n and a[i] == b[i]:
-        i += 1
-    return a[:i]
-
-
 def _implicit_messages(chosen: Any, rejected: Any) -> tuple[list[Message], str, str]:
     c = _messages(chosen, "chosen")
     r = _messages(rejected, "rejected")
@@ -376,71 +496,61 @@ def _implicit_messages(chosen: Any, rejected: Any) -> tuple[list[Message], str, 
     return _check_prompt(c[:-1]), _text(c[-1]["content"], "chosen"), _text(r[-1]["content"], "rejected")
 
 
-_LABEL_WORDS = {
-    "1": 1, "2": 2, "0": 0, "a": 1, "b": 2, "response1": 1, "response2": 2, "tie": 0,
-    "draw": 0, "equal": 0, "1.0": 1, "2.0": 2, "0.0": 0,
-}
-
-
-def _label(value: Any, what: str) -> int | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, bool):
-        raise RowError(f"{what} is a boolean, expected 1, 2 or 0")
-    if isinstance(value, (int, float)) and value in (0, 1, 2):
-        return int(value)
-    if isinstance(value, str) and value.strip().lower() in _LABEL_WORDS:
-        return _LABEL_WORDS[value.strip().lower()]
-    if isinstance(value, str) and not value.strip():
-        return None
-    raise RowError(f"{what} is {value!r}, expected 1, 2 or 0 (tie)")
-
-
+# Pairwise judgments: the two response columns as each form names them, and label columns.
+_RESPONSE_NAMES = (("response1", "response2"), ("output_1", "output_2"))
 _ANNOTATOR = re.compile(r"^annotator_?(\d+)$")
+_LABEL_COLUMNS = ("label", "preference", "winner")
 
 
-def _pairwise_labels(row: dict[str, Any]) -> tuple[list[int], list[str]]:
+def _pairwise_labels(row: dict[str, Any], origin: Mapping[str, str], names: tuple[str, str],
+                     known: KnownFormat | None, labels: LabelReader) -> tuple[list[int], list[str]]:
     ann_keys = sorted((k for k in row if _ANNOTATOR.match(k)), key=lambda k: int(_ANNOTATOR.match(k).group(1)))
     if ann_keys:
-        labels = [lab for k in ann_keys if (lab := _label(row[k], k)) is not None]
+        cells = [(k, row[k]) for k in ann_keys]
     else:
-        key = next((k for k in ("label", "preference", "winner") if k in row), None)
+        key = next((k for k in _LABEL_COLUMNS if k in row), None)
         if key is None:
-            raise RowError("pairwise row without labels (annotator1..N, label or preference)")
-        lab = row[key]
+            raise RowError("pairwise row without labels (annotator1..N, label, preference or winner)")
         ann_keys = [key]
-        if isinstance(lab, list):
-            labels = [x for i, v in enumerate(lab) if (x := _label(v, f"{key}[{i}]")) is not None]
-        else:
-            one = _label(lab, key)
-            labels = [] if one is None else [one]
-    if not labels:
+        value = row[key]
+        cells = [(key, v) for v in value] if isinstance(value, list) else [(key, value)]
+    file_names = (origin.get(names[0], names[0]), origin.get(names[1], names[1]))
+    decoded = []
+    for key, value in cells:
+        try:
+            code = labels.decode(value, origin.get(key, key), file_names, known)
+        except LabelError as exc:
+            raise RowError(str(exc)) from None
+        if code is not None:
+            decoded.append(code)
+    if not decoded:
         raise RowError("pairwise row without any label")
-    return labels, ann_keys
+    labels.row_read(known, file_names)
+    return decoded, ann_keys
 
 
-def _pairwise_texts(row: dict[str, Any]) -> tuple[list[Message], str, str]:
+def _pairwise_texts(row: dict[str, Any], names: tuple[str, str]) -> tuple[list[Message], str, str]:
     if "prompt" in row:
-        prompt_val = row["prompt"]
-        prompt = ([{"role": "user", "content": _text(prompt_val, "prompt")}]
-                  if not isinstance(prompt_val, list) else _messages(prompt_val, "prompt"))
+        prompt = _prompt(row["prompt"])
+    elif "instruction" not in row and "input" in row:
+        prompt = _prompt(row["input"], "input")  # LLMBar: the input is the whole instruction
     else:
         extra = row.get("input")
-        if extra is None or (isinstance(extra, float) and math.isnan(extra)):
+        if _missing(extra):
             extra = ""
         if not isinstance(extra, str):
             raise RowError(f"input is {type(extra).__name__}, not text")
         if _has_surrogate(extra):
             raise RowError("invalid UTF-8 in input")
         instruction = row.get("instruction")
-        if isinstance(instruction, str) and not instruction.strip() and extra.strip():
+        if isinstance(instruction, str) and is_blank(instruction) and not is_blank(extra):
             content = extra  # an empty instruction with an input: the input is the prompt
         else:
             instruction = _text(instruction, "instruction")
-            content = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+            content = f"{instruction}\n\n{extra}" if not is_blank(extra) else instruction
         prompt = [{"role": "user", "content": content}]
-    a = _text(row.get("response1"), "response1")
-    b = _text(row.get("response2"), "response2")
+    a = _text(row.get(names[0]), names[0])
+    b = _text(row.get(names[1]), names[1])
     return prompt, a, b
 
 
@@ -453,21 +563,26 @@ def _majority(labels: list[int]) -> tuple[int | None, float]:
 
 
 _STANDARD_KEYS = ("prompt", "chosen", "rejected")
-_PAIRWISE_KEYS = ("instruction", "input", "prompt", "response1", "response2", "label",
-                  "preference", "winner")
+_PAIRWISE_KEYS = ("instruction", "input", "prompt", "response1", "response2", "output_1", "output_2",
+                  *_LABEL_COLUMNS)
+_UNPAIRED_KEYS = ("prompt", "completion", "messages", "label")
+_PAIR_KEYS = {"chosen", "rejected", "response1", "response2", "output_1", "output_2"}
 
 
-def _apply_columns(row: dict[str, Any], columns: dict[str, str] | None) -> dict[str, Any]:
+def _apply_columns(row: dict[str, Any], columns: Mapping[str, str] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The row with its columns renamed to canonical names, and canonical -> name in the file."""
     if not columns:
-        return row
+        return row, {}
     out = dict(row)
+    origin = {}
     for canon, src in columns.items():
         if src in row:
             out.pop(src, None)
             out[canon] = row[src]
+            origin[canon] = src
         elif canon not in row:
             raise RowError(f"column {src!r} (for {canon}) not in row")
-    return out
+    return out, origin
 
 
 def _meta(row: dict[str, Any], used: tuple[str, ...] | set[str]) -> dict[str, Any]:
@@ -481,32 +596,154 @@ def _meta(row: dict[str, Any], used: tuple[str, ...] | set[str]) -> dict[str, An
     return meta
 
 
-def row_to_pair(row: Any, source: str, line: int, columns: dict[str, str] | None = None,
-                form: str = "auto") -> tuple[Pair | None, str | None, list[int] | None]:
-    """One raw row -> (pair, None, labels) or (None, reason, labels)."""
+# ---------------------------------------------------------------------------- unpaired examples
+
+
+@dataclass
+class Unpaired:
+    """One good or bad example without a counterpart (KTO style), waiting to be paired."""
+
+    prompt: list[Message]
+    completion: str
+    desirable: bool
+    meta: dict[str, Any]
+    line: int = 0
+    raw: str = ""
+
+
+def _unpaired(row: dict[str, Any]) -> Unpaired:
+    label = row["label"]
+    if isinstance(label, str) and label.strip().lower() in ("true", "false"):
+        label = label.strip().lower() == "true"
+    if not isinstance(label, bool):
+        raise RowError(f"unpaired example: label {show(label)} is not true or false "
+                       "(true = desirable, false = undesirable)")
+    if "completion" in row:
+        base = _prompt(row.get("prompt"))
+        prefix, completion = _answer_and_prefix(row["completion"], "completion")
+        prompt = _check_prompt(base + prefix)
+    else:
+        msgs = _messages(row["messages"], "messages")
+        if msgs[-1]["role"] != "assistant":
+            raise RowError("messages: the last message is not from the assistant")
+        prompt, completion = _check_prompt(msgs[:-1]), _text(msgs[-1]["content"], "completion")
+    return Unpaired(prompt=prompt, completion=completion, desirable=label, meta=_meta(row, _UNPAIRED_KEYS))
+
+
+def pair_unpaired(items: list[Unpaired], source: str) -> tuple[list[Pair], list[Quarantined], str]:
+    """Pair each desirable example with an undesirable one of the same prompt, first with
+    first in file order (deterministic); quarantine the rest. Returns a note for the report."""
+    groups: dict[str, tuple[list[Unpaired], list[Unpaired]]] = {}
+    for u in items:
+        key = json.dumps([(m["role"], m["content"].strip()) for m in u.prompt], ensure_ascii=False)
+        groups.setdefault(key, ([], []))[0 if u.desirable else 1].append(u)
+    pairs: list[Pair] = []
+    left: list[Quarantined] = []
+    for good, bad in groups.values():
+        for g, b in zip(good, bad):
+            pairs.append(Pair(prompt=g.prompt, chosen=g.completion, rejected=b.completion, source=source,
+                              line=g.line, meta={**g.meta, "paired_from_lines": [g.line, b.line]}))
+        for u in good[len(bad):] + bad[len(good):]:
+            kind, other = ("desirable", "undesirable") if u.desirable else ("undesirable", "desirable")
+            left.append(Quarantined(source=source, line=u.line, raw=u.raw, reason=(
+                f"unpaired example ({kind}): no {other} example of the same prompt to pair it with; "
+                "a pairwise optimizer cannot use an unpaired example")))
+    pairs.sort(key=lambda p: p.line)
+    note = (f"{source}: {len(items)} unpaired examples (true/false label, KTO style): {len(pairs)} pairs formed, "
+            f"each from a desirable and an undesirable example of the same prompt (first with first, in file "
+            f"order); {len(left)} left without a counterpart and quarantined; a formed pair counts as one row")
+    return pairs, left, note
+
+
+# ---------------------------------------------------------------------------- unknown shapes
+
+_HINT_WORDS = {
+    "chosen": {"chosen", "good", "preferred", "better", "best", "accepted", "positive", "pos", "win",
+               "winning", "selected", "correct", "helpful"},
+    "rejected": {"rejected", "bad", "dispreferred", "worse", "worst", "negative", "neg", "lose", "losing",
+                 "loser", "incorrect", "wrong", "harmful"},
+    "prompt": {"prompt", "question", "query", "instruction", "input", "context", "request", "history",
+               "conversation", "dialog", "dialogue", "post", "title", "user", "problem", "task"},
+}
+_TEXT_STEMS = {"response", "answer", "output", "completion", "reply", "generation", "text", "summary"}
+_LABEL_WORDS = {"label", "winner", "preference", "choice", "preferred", "better", "gold", "judgment",
+                "judgement", "verdict", "annotation", "human"}
+_SIDE = re.compile(r"^(.*?)[_\- ]?(a|b|0|1|2)$", re.IGNORECASE)
+
+
+def _words(name: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()))
+
+
+def column_hint(fields: list[str]) -> str:
+    """The --column options that would probably map these fields: a suggestion for the
+    user to confirm, never applied by the reader."""
+    sides: dict[str, dict[str, str]] = {}
+    for f in fields:
+        m = _SIDE.match(f)
+        if m and _words(m.group(1)) & _TEXT_STEMS:
+            sides.setdefault(m.group(1).lower(), {})[m.group(2).lower()] = f
+    for tags in sides.values():
+        order = next((o for o in (("a", "b"), ("1", "2"), ("0", "1")) if set(o) <= set(tags)), None)
+        if order is None:
+            continue
+        r1, r2 = tags[order[0]], tags[order[1]]
+        rest = [f for f in fields if f not in (r1, r2)]
+        label = next((f for f in rest if _words(f) & _LABEL_WORDS), "NAME")
+        prompt = next((f for f in rest if f != label and _words(f) & _HINT_WORDS["prompt"]), "NAME")
+        roles = {"prompt": prompt, "response1": r1, "response2": r2, "label": label}
+        return _column_options(roles) + " --label-map VALUE=first,VALUE=second,VALUE=tie"
+    picked: dict[str, str] = {}
+    for role in ("chosen", "rejected", "prompt"):
+        picked[role] = next((f for f in fields if f not in picked.values() and _words(f) & _HINT_WORDS[role]), "NAME")
+    return _column_options({role: picked[role] for role in ("prompt", "chosen", "rejected")})
+
+
+def _column_options(roles: dict[str, str]) -> str:
+    return " ".join(f"--column {role}={name}" for role, name in roles.items() if role != name)
+
+
+def _unknown_shape(row: dict[str, Any]) -> RowError:
+    fields = [str(k) for k in row]
+    shown = ", ".join(fields[:12]) + (", ..." if len(fields) > 12 else "") if fields else "(none)"
+    return RowError(f"unknown row shape: fields {shown}; map them with {column_hint(fields)}")
+
+
+# ---------------------------------------------------------------------------- one row
+
+
+@dataclass
+class RowResult:
+    """What one row became: a pair, an unpaired example waiting for its counterpart, or a
+    quarantine reason (with the check it belongs to). ``labels``: the row's judgments."""
+
+    pair: Pair | None = None
+    unpaired: Unpaired | None = None
+    reason: str | None = None
+    check: str = "read"
+    labels: list[int] | None = None
+
+
+def read_row(row: Any, source: str, line: int, columns: Mapping[str, str] | None = None,
+             form: str = "auto", labels: LabelReader | None = None) -> RowResult:
+    """One raw row -> `RowResult`. ``labels`` reads pairwise labels (and keeps its notes)."""
+    labels = labels or LabelReader({})
     try:
         if not isinstance(row, dict):
-            raise RowError(f"unknown shape: a {type(row).__name__}, not an object")
-        row = _apply_columns(row, columns)
+            raise RowError(f"unknown row shape: a {type(row).__name__}, not an object")
+        known = known_format(row) if not columns else None
+        row, origin = _apply_columns(row, columns)
         keys = set(row)
-        labels: list[int] | None = None
-        if form == "pairwise" or (form == "auto" and {"response1", "response2"} <= keys):
-            labels, ann_keys = _pairwise_labels(row)
-            ann = labels if len(labels) > 1 else None
-            try:
-                prompt, a, b = _pairwise_texts(row)
-            except RowError as exc:
-                return None, str(exc), ann
-            winner, agreement = _majority(labels)
-            if winner is None or winner == 0:
-                why = "tie" if winner == 0 else "tie (no majority)"
-                return None, f"{why}: labels {labels}", ann
-            chosen, rejected = (a, b) if winner == 1 else (b, a)
-            meta = _meta(row, set(_PAIRWISE_KEYS) | set(ann_keys))
-            meta.update(labels=labels, agreement=round(agreement, 4), chosen_response=winner,
-                        n_annotators=len(labels))
-            return Pair(prompt=prompt, chosen=chosen, rejected=rejected, source=source,
-                        line=line, meta=meta), None, ann
+        names = next((n for n in _RESPONSE_NAMES if set(n) <= keys), _RESPONSE_NAMES[0])
+        if form == "pairwise" or (form == "auto" and set(names) <= keys):
+            return _read_pairwise(row, origin, names, known, labels, source, line)
+        if form == "auto" and "label" in keys and keys & {"completion", "messages"} and not keys & _PAIR_KEYS:
+            return RowResult(unpaired=_unpaired(row))
+        for side in ("chosen", "rejected"):
+            if side not in keys and f"{side}_messages" in keys:
+                row = dict(row)
+                row[side] = row.pop(f"{side}_messages")
+                keys = set(row)
         if form == "sharegpt" or (form == "auto" and "conversations" in keys):
             conv = _messages(row.get("conversations"), "conversations")
             if "chosen" not in row or "rejected" not in row:
@@ -515,12 +752,7 @@ def row_to_pair(row: Any, source: str, line: int, columns: dict[str, str] | None
             used: tuple[str, ...] = ("conversations", "chosen", "rejected")
         elif "chosen" in keys and "rejected" in keys:
             if "prompt" in keys and form != "implicit":
-                p = row["prompt"]
-                if isinstance(p, list) or isinstance(p, dict):
-                    base = _messages(p, "prompt")
-                else:
-                    base = [{"role": "user", "content": _text(p, "prompt")}]
-                prompt, c, r = _split_shared(row["chosen"], row["rejected"], base)
+                prompt, c, r = _split_shared(row["chosen"], row["rejected"], _prompt(row["prompt"]))
             else:
                 ch, rj = row["chosen"], row["rejected"]
                 if isinstance(ch, str) and isinstance(rj, str):
@@ -533,51 +765,107 @@ def row_to_pair(row: Any, source: str, line: int, columns: dict[str, str] | None
             used = _STANDARD_KEYS
         else:
             missing = [k for k in ("chosen", "rejected") if k not in keys]
-            if "prompt" in keys or keys & {"chosen", "rejected"}:
+            if keys & {"chosen", "rejected"}:
                 raise RowError(f"missing field {', '.join(missing)}")
-            raise RowError(f"unknown shape: fields {', '.join(sorted(map(str, keys))[:8]) or '(none)'}")
-        return Pair(prompt=prompt, chosen=c, rejected=r, source=source, line=line,
-                    meta=_meta(row, used)), None, labels
+            if keys & {"completion", "messages"}:
+                raise RowError("one answer without a true/false label: not a preference pair (add chosen and "
+                               "rejected, or a label, true = desirable, to pair examples by prompt)")
+            raise _unknown_shape(row)
+        _check_distinct(c, r)
+        return RowResult(pair=Pair(prompt=prompt, chosen=c, rejected=r, source=source, line=line,
+                                   meta=_meta(row, used)))
     except RowError as exc:
-        return None, str(exc), None
+        return RowResult(reason=str(exc))
 
 
-def read_pairs(paths: list[str], format: str = "auto", columns: dict[str, str] | None = None) -> ReadResult:
+def _check_distinct(chosen: str, rejected: str) -> None:
+    """Invisible characters must not make two equal answers look different."""
+    if differ_only_invisibly(chosen, rejected):
+        codes = invisible_codes(chosen + rejected)
+        raise RowError(f"degenerate: chosen and rejected differ only in invisible characters ({', '.join(codes)})")
+
+
+def _read_pairwise(row: dict[str, Any], origin: Mapping[str, str], names: tuple[str, str],
+                   known: KnownFormat | None, labels: LabelReader, source: str, line: int) -> RowResult:
+    decoded, ann_keys = _pairwise_labels(row, origin, names, known, labels)
+    ann = decoded if len(decoded) > 1 else None
+    try:
+        prompt, a, b = _pairwise_texts(row, names)
+    except RowError as exc:
+        return RowResult(reason=str(exc), labels=ann)
+    winner, agreement = _majority(decoded)
+    if winner is None or winner == 0:
+        why = "tie" if winner == 0 else "tie (no majority)"
+        return RowResult(reason=f"{why}: labels {decoded}", check="label_consistency", labels=ann)
+    chosen, rejected = (a, b) if winner == 1 else (b, a)
+    try:
+        _check_distinct(chosen, rejected)
+    except RowError as exc:
+        return RowResult(reason=str(exc), labels=ann)
+    meta = _meta(row, set(_PAIRWISE_KEYS) | set(ann_keys))
+    meta.update(labels=decoded, agreement=round(agreement, 4), chosen_response=winner,
+                n_annotators=len(decoded))
+    return RowResult(pair=Pair(prompt=prompt, chosen=chosen, rejected=rejected, source=source, line=line,
+                               meta=meta), labels=ann)
+
+
+# ---------------------------------------------------------------------------- files -> pairs
+
+
+def read_pairs(paths: list[str], format: str = "auto", columns: dict[str, str] | None = None,
+               label_map: Mapping[str, str] | str | None = None) -> ReadResult:
     """Read every path (files, folders, ``embedded:NAME``) into pairs and quarantine records.
 
     ``format`` is ``auto``, a file format (jsonl, json, csv, parquet) or a row form
-    (standard, conversational, implicit, sharegpt, pairwise). The same pair arriving twice
-    is returned twice here; de-duplication is a check (validations), so it is counted.
+    (standard, conversational, implicit, sharegpt, pairwise). ``label_map`` says what the
+    labels of pairwise files mean (see `prefdesk.labels`). The same pair arriving twice is
+    returned twice here; de-duplication is a check (validations), so it is counted.
     """
     if isinstance(paths, (str, Path)):
         paths = [str(paths)]
     fmt = (format or "auto").lower()
     if fmt not in ("auto",) + FILE_FORMATS + ROW_FORMS:
         raise DataError(f"unknown format {format!r}: use auto, {', '.join(FILE_FORMATS + ROW_FORMS)}")
+    try:
+        label_map = parse_label_map(label_map)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
     file_fmt = fmt if fmt in FILE_FORMATS else "auto"
     form = fmt if fmt in ("implicit", "sharegpt", "pairwise") else "auto"
-    pairs: list[Pair] = []
-    quarantined: list[Quarantined] = []
-    annotations: list[list[int]] = []
-    rows_in = 0
+    out = ReadResult(pairs=[], quarantined=[], rows_in=0)
     for spec in paths:
         for path in resolve(str(spec)):
-            data = _raw_bytes(path)
-            kind = file_fmt if file_fmt != "auto" else _detect_format(path, data)
-            source = str(path)
-            for line, row, error in _READERS[kind](path, data):
-                rows_in += 1
-                if error is not None:
-                    quarantined.append(Quarantined(source=source, line=line, reason=error,
-                                                   check="read", raw=_raw(row)))
-                    continue
-                pair, reason, labels = row_to_pair(row, source, line, columns, form)
-                if labels:
-                    annotations.append(labels)
-                if pair is None:
-                    quarantined.append(Quarantined(source=source, line=line, reason=reason or "unreadable",
-                                                   check="label_consistency" if reason and reason.startswith("tie") else "read",
-                                                   raw=_raw(row)))
-                else:
-                    pairs.append(pair)
-    return ReadResult(pairs=pairs, quarantined=quarantined, rows_in=rows_in, annotations=annotations)
+            _read_file(path, file_fmt, form, columns, label_map, out)
+    return out
+
+
+def _read_file(path: Path, file_fmt: str, form: str, columns: Mapping[str, str] | None,
+               label_map: Mapping[str, str], out: ReadResult) -> None:
+    data = _raw_bytes(path)
+    kind = file_fmt if file_fmt != "auto" else _detect_format(path, data)
+    source = str(path)
+    labels = LabelReader(label_map)
+    unpaired: list[Unpaired] = []
+    for line, row, error in _READERS[kind](path, data):
+        out.rows_in += 1
+        if error is not None:
+            out.quarantined.append(Quarantined(source=source, line=line, reason=error, check="read", raw=_raw(row)))
+            continue
+        res = read_row(row, source, line, columns, form, labels)
+        if res.labels:
+            out.annotations.append(res.labels)
+        if res.unpaired is not None:
+            res.unpaired.line, res.unpaired.raw = line, _raw(row)
+            unpaired.append(res.unpaired)
+        elif res.pair is not None:
+            out.pairs.append(res.pair)
+        else:
+            out.quarantined.append(Quarantined(source=source, line=line, reason=res.reason or "unreadable",
+                                               check=res.check, raw=_raw(row)))
+    out.notes.extend(labels.notes(source))
+    if unpaired:
+        pairs, left, note = pair_unpaired(unpaired, source)
+        out.rows_in -= len(pairs)  # two rows became one pair
+        out.pairs.extend(pairs)
+        out.quarantined.extend(left)
+        out.notes.append(note)
