@@ -208,7 +208,10 @@ def train(
         from validations.generated import desk_for_generated
 
         folder = home() / "train" / run_id
-        res = train_adapter(cfg, pairs, folder, tracker, check_pairs=desk_for_generated(cfg, tracker, folder / "data"))
+        from prefdesk.training import load_prompts
+
+        res = train_adapter(cfg, pairs, folder, tracker, prompts=load_prompts(cfg, folder / "data"),
+                            check_pairs=desk_for_generated(cfg, tracker, folder / "data"))
         tracker.log_artifact(res.adapter_path, "adapter")
         status = "FINISHED"
     except PluginError as exc:

@@ -64,6 +64,11 @@ class CheckThresholds(_Strict):
 
 class DataSettings(_Strict):
     train: list[str] = Field(default_factory=lambda: [EMBEDDED_PAIRS])
+    prompts: list[str] = Field(
+        default_factory=list,
+        description="prompt-only files for sampling optimizers (rm_ppo, rejection_sampling); "
+        "empty: the prompts of the training pairs",
+    )
     format: str = "auto"
     columns: dict[str, str] = Field(
         default_factory=dict,

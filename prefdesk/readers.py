@@ -869,3 +869,77 @@ def _read_file(path: Path, file_fmt: str, form: str, columns: Mapping[str, str] 
         out.pairs.extend(pairs)
         out.quarantined.extend(left)
         out.notes.append(note)
+
+
+# ---------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class PromptResult:
+    """Prompt-only rows (what sampling optimizers generate from); rows_in == len(prompts) +
+    len(quarantined) + duplicates."""
+
+    prompts: list[list[Message]]
+    quarantined: list[Quarantined]
+    rows_in: int
+    duplicates: int = 0
+
+
+_PROMPT_KEYS = ("prompt", "messages", "conversations", "instruction", "question", "input")
+
+
+def _prompt_of(row: Any) -> list[Message]:
+    """A generation prompt from a prompt row, or from a pair row (its prompt)."""
+    if isinstance(row, str):
+        return _check_prompt(_prompt(row))
+    if not isinstance(row, dict):
+        raise RowError(f"a prompt row must be an object or a string, got {type(row).__name__}")
+    if any(k in row for k in ("chosen", "rejected", "response1", "output_1")):
+        res = read_row(row, "", 0)
+        if res.pair is None:
+            raise RowError(res.reason or "unreadable pair row")
+        return res.pair.prompt
+    if "instruction" in row and not _missing(row.get("instruction")):
+        text = _text(row["instruction"], "instruction")
+        extra = row.get("input")
+        return _check_prompt(_prompt(text + ("\n\n" + _text(extra, "input") if not _missing(extra) and str(extra).strip() else "")))
+    for key in _PROMPT_KEYS:
+        if key in row and not _missing(row[key]):
+            prompt = _check_prompt(_prompt(row[key], key))
+            while prompt and prompt[-1]["role"] == "assistant":  # a dialogue: generate the next answer
+                prompt = prompt[:-1]
+            if not prompt or prompt[-1]["role"] != "user":
+                raise RowError(f"{key}: the prompt must end with a user turn")
+            return prompt
+    raise RowError(f"no prompt field: fields {', '.join(sorted(map(str, row))) or 'none'}; "
+                   f"expected one of {', '.join(_PROMPT_KEYS)}")
+
+
+def read_prompts(paths: list[str], format: str = "auto") -> PromptResult:
+    """Prompt files (`prompt`, `messages`, `instruction`[+`input`], ... per row) or pair files
+    (their prompts), every row accepted or quarantined with file, line and reason; repeated
+    prompts are kept once (counted)."""
+    fmt = (format or "auto").lower()
+    file_fmt = fmt if fmt in FILE_FORMATS else "auto"
+    out = PromptResult(prompts=[], quarantined=[], rows_in=0)
+    seen: set[str] = set()
+    for spec in paths:
+        for path in resolve(str(spec)):
+            data = _raw_bytes(path)
+            kind = file_fmt if file_fmt != "auto" else _detect_format(path, data)
+            for line, row, error in _READERS[kind](path, data):
+                out.rows_in += 1
+                try:
+                    if error is not None:
+                        raise RowError(error)
+                    prompt = _prompt_of(row)
+                except RowError as exc:
+                    out.quarantined.append(Quarantined(str(path), line, str(exc), check="read", raw=_raw(row)))
+                    continue
+                key = json.dumps([(m["role"], m["content"].strip()) for m in prompt], ensure_ascii=False)
+                if key in seen:
+                    out.duplicates += 1
+                    continue
+                seen.add(key)
+                out.prompts.append(prompt)
+    return out

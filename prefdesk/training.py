@@ -80,6 +80,26 @@ def run_settings(cfg: PrefdeskConfig, output_dir: str | Path, *, progress: bool 
     )
 
 
+def load_prompts(cfg: PrefdeskConfig, folder: str | Path) -> list[list[Message]] | None:
+    """The prompt files of `data.prompts` (None when there are none); refused rows go to
+    `prompt_quarantine.jsonl` in `folder`, one line each with file, line and reason."""
+    if not cfg.data.prompts:
+        return None
+    from prefdesk.readers import read_prompts
+
+    res = read_prompts(cfg.data.prompts, cfg.data.format)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / "prompt_quarantine.jsonl", "w", encoding="utf-8") as fh:
+        for q in res.quarantined:
+            fh.write(json.dumps({"file": q.source, "line": q.line, "reason": q.reason, "raw": q.raw}, ensure_ascii=False) + "\n")
+    log.info("prompts: %d rows in, %d prompts, %d repeated, %d quarantined", res.rows_in, len(res.prompts),
+             res.duplicates, len(res.quarantined))
+    if not res.prompts:
+        raise ValueError(f"data.prompts: no usable prompt in {', '.join(cfg.data.prompts)} "
+                         f"(see {Path(folder) / 'prompt_quarantine.jsonl'})")
+    return res.prompts
+
+
 def train_adapter(
     cfg: PrefdeskConfig,
     pairs: Sequence[Pair],

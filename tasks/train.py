@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from prefdesk.config import home
 from prefdesk.pairs import read_pairs_jsonl
-from prefdesk.training import train_adapter, work_dir
+from prefdesk.training import load_prompts, train_adapter, work_dir
 from tasks.common import config_of, tracker_of
 from validations.generated import desk_for_generated
 
@@ -20,8 +20,9 @@ def train(accepted_path: str, config: dict[str, Any], run_dir: str, run_id: str)
     pairs = read_pairs_jsonl(accepted_path)
     out = work_dir(home() / "work", cfg, accepted_path)  # a rerun after a kill resumes here
     tracker = tracker_of(run_id)
-    result = train_adapter(cfg, pairs, out, tracker,
-                           check_pairs=desk_for_generated(cfg, tracker, Path(run_dir) / "data"))
+    data_dir = Path(run_dir) / "data"
+    result = train_adapter(cfg, pairs, out, tracker, prompts=load_prompts(cfg, data_dir),
+                           check_pairs=desk_for_generated(cfg, tracker, data_dir))
     if result.gated:
         tracker.log_metrics(result.gated)
     get_run_logger().info("train: %s, %d steps -> %s", cfg.train.optimizer, result.steps, result.adapter_path)

@@ -466,3 +466,26 @@ def test_cli_validate_label_map_end_to_end(tmp_path):
     assert {(p["chosen"], p["rejected"]) for p in accepted} == {("Paris.", "Lyon."), ("4", "5")}
     bad = CliRunner().invoke(app, ["validate", data, "--label-map", "0=winner"])
     assert bad.exit_code == 1 and "first, second or tie" in " ".join(bad.output.split())
+
+
+def test_prompt_files_every_row_accounted(tmp_path):
+    from prefdesk.readers import read_prompts
+
+    f = tmp_path / "prompts.jsonl"
+    f.write_text("\n".join([
+        '{"prompt": "Name a colour."}',
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}',
+        '{"instruction": "Translate", "input": "bonjour"}',
+        '{"prompt": "Name a colour."}',
+        '{"prompt": "\\u200b"}',
+        '{"title": "no prompt here"}',
+        '{"prompt": "x", "chosen": "a", "rejected": "b"}',
+        'not json',
+    ]) + "\n")
+    res = read_prompts([str(f)])
+    assert [p[-1]["content"] for p in res.prompts] == ["Name a colour.", "Hi", "Translate\n\nbonjour", "x"]
+    assert res.duplicates == 1
+    assert sorted(q.line for q in res.quarantined) == [5, 6, 8]
+    assert res.rows_in == len(res.prompts) + len(res.quarantined) + res.duplicates
+    reasons = {q.line: q.reason for q in res.quarantined}
+    assert "invisible" in reasons[5] and "no prompt field: fields title" in reasons[6]
