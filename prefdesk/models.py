@@ -178,7 +178,7 @@ def load_base(settings: ModelSettings, device: torch.device | None = None):
     dtype = choose_dtype(settings.dtype, device)
     tok = load_tokenizer(settings.name)
     if settings.name == TINY_MODEL:
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(0)  # one fixed random model, whatever the run's seed: train and eval agree
         model = LlamaForCausalLM(tiny_config(len(tok))).to(dtype=dtype, device=device)
         quantized = False
     else:
@@ -247,7 +247,9 @@ class Policy:
         return path
 
 
-def build_policy(settings: ModelSettings, adapter: str | Path | None = None, trainable: bool = True) -> Policy:
+def build_policy(settings: ModelSettings, adapter: str | Path | None = None, trainable: bool = True,
+                 seed: int = 0) -> Policy:
+    """The base with a LoRA adapter: `adapter` loads one, else a new one initialised from `seed`."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     base, tok, quantized = load_base(settings)
@@ -259,7 +261,7 @@ def build_policy(settings: ModelSettings, adapter: str | Path | None = None, tra
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=trainable)
     else:
         lora = settings.lora
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(seed)
         model = get_peft_model(
             base,
             LoraConfig(

@@ -28,11 +28,11 @@ def train_adapter(
     if not pairs:
         raise ValueError("no accepted pairs to train on")
     cls = plugin.load(cfg.train.optimizer)
-    raw = {"seed": cfg.model.seed, "max_length": cfg.data.max_length, "checkpoint_every": checkpoint_every,
+    raw = {"seed": cfg.seed, "max_length": cfg.data.max_length, "checkpoint_every": checkpoint_every,
            **cfg.train.params, "output_dir": str(output_dir)}
     params = plugin.parse_params(cls, raw)
     tracker.log_params({f"optimizer.{k}": v for k, v in params.model_dump().items()})
-    policy = build_policy(cfg.model)
+    policy = build_policy(cfg.model, seed=cfg.seed)
     tracker.set_tags({"prefdesk.optimizer": cls.name, "prefdesk.quantized": str(policy.quantized).lower(),
                       "prefdesk.dtype": str(policy.dtype).replace("torch.", "")})
     return cls().fit(policy, list(pairs), params, tracker)

@@ -118,7 +118,7 @@ def test_killed_nightly_resumes_from_its_checkpoint_with_the_same_adapter(harnes
     from flows.nightly import nightly
 
     monkeypatch.setattr(tasks.train, "CHECKPOINT_EVERY", 1)
-    over = TINY + LENIENT + ["train.params.seed=11"]  # a config no other test trains
+    over = TINY + LENIENT + ["seed=11"]  # a config no other test trains
 
     def adapter_digest():
         newest = max(state_home.glob("work/dpo-*/adapter/adapter_model.safetensors"), key=lambda p: p.stat().st_mtime)
