@@ -155,14 +155,11 @@ def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _config(config: Optional[Path], sets: Optional[list[str]], store: bool = False):
-    """The config, every setting checked; with `store`, the tracking store too (before the
-    plugin import, which takes seconds, so a server that is down is named at once)."""
-    from prefdesk.config import check_settings
-
-    cfg = load_config(config, sets or [], check=False)
+    """The config, every setting checked; with `store`, then the tracking store (a bad
+    setting never touches the store)."""
+    cfg = load_config(config, sets or [])
     if store:
         _check_store(cfg.registry.experiment)
-    check_settings(cfg)
     return cfg
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import math
 import os
 import socket
@@ -146,7 +147,11 @@ def _create_sqlite_store(db: Path) -> None:
 
     tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
     leftovers = [tmp, tmp.with_name(tmp.name + "-journal"), tmp.with_name(tmp.name + "-wal")]
+    chatty = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic.runtime.migration")]
+    levels = [lg.level for lg in chatty]
     try:
+        for lg in chatty:  # 'Creating initial MLflow database tables...' is not news to the user
+            lg.setLevel(logging.WARNING)
         store = SqlAlchemyStore(f"sqlite:///{tmp}", artifact_root())
         store.engine.dispose()
         os.replace(tmp, db)
@@ -157,6 +162,8 @@ def _create_sqlite_store(db: Path) -> None:
         raise StoreError(f"cannot create the MLflow store {db}: {type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:300]}") from None
     finally:
+        for lg, level in zip(chatty, levels):
+            lg.setLevel(level)
         for p in leftovers:
             p.unlink(missing_ok=True)
 
@@ -169,8 +176,6 @@ def prepare_sqlite_store(db: Path, write: bool = True) -> None:
     later call); it is renamed to `*.broken-<time>` and built again. One that holds data is
     never touched: the message says how to upgrade it.
     """
-    import logging
-
     if write:
         _probe_writable(db.parent)
     elif not db.exists():
@@ -266,6 +271,8 @@ def check_store(experiment: str | None = None, write: bool = True, timeout: floa
     that proves it; a local store's folder is probed with a real write in any case. Returns
     the experiment id ('' when none); raises `StoreError` with a one-line reason otherwise.
     """
+    import mlflow.tracking  # noqa: F401  (imports take seconds on a busy machine: not the server's time)
+
     timeout = timeout or _store_timeout()
     uri = tracking_uri()
     shown = redact(uri)
@@ -307,8 +314,10 @@ def ensure_experiment(name: str) -> str:
     if exp is None:
         from mlflow.exceptions import MlflowException
 
+        # A local store keeps artifacts under PREFDESK_HOME; a tracking server chooses its own place.
+        local = "://" not in tracking_uri() or tracking_uri().startswith(("sqlite:", "file:"))
         try:
-            return c.create_experiment(name, artifact_location=Path(artifact_root()).as_uri(),
+            return c.create_experiment(name, artifact_location=Path(artifact_root()).as_uri() if local else None,
                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # created meanwhile by a concurrent first run
             exp = c.get_experiment_by_name(name)
@@ -438,8 +447,6 @@ def tracked_run(experiment: str, run_name: str, tags: dict[str, str] | None = No
     """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C/SIGTERM.
 
     The one place runs are opened and closed (the nightly flow and `prefdesk train`)."""
-    import logging
-
     run_id = start_run(experiment, run_name=run_name, tags=tags)
     status = "FAILED"
     try:
