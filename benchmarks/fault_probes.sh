@@ -92,10 +92,11 @@ p_full_disk() {  # PREFDESK_HOME on a tiny file system; Prefect's own state else
 
 p_sigterm() {  # SIGTERM while the run waits on an unreachable tracking server
   export PREFDESK_HOME="$WORK/h-sigterm"
-  echo "=== sigterm (sent 25 s after start)"
+  local after=${SIGTERM_AFTER:-120}
+  echo "=== sigterm (sent $after s after start)"
   (cd "$TREE" && MLFLOW_TRACKING_URI="http://127.0.0.1:9/" exec "$PY" -m prefdesk.cli run "${TINY[@]}") >"$WORK/sigterm.out" 2>&1 &
   local pid=$!
-  sleep 25; local t0=$(date +%s.%N); kill -TERM $pid
+  sleep "$after"; local t0=$(date +%s.%N); kill -TERM $pid
   local waited=0
   while kill -0 $pid 2>/dev/null && [ $waited -lt 240 ]; do sleep 1; waited=$((waited + 1)); done
   if kill -0 $pid 2>/dev/null; then echo "still running 240 s after SIGTERM: SIGKILL"; kill -KILL $pid; fi
@@ -139,15 +140,22 @@ EOF
 p_ui() {  # credentials on the command line, the UI's API port, SIGTERM to `prefdesk ui`
   export PREFDESK_HOME="$WORK/h-ui"
   echo "=== ui"
-  (cd "$TREE" && MLFLOW_TRACKING_URI="postgresql://alice:$SECRET@127.0.0.1:9/db" exec "$PY" -m prefdesk.cli ui --prefect-port 4311 --mlflow-port 5011) >"$WORK/ui.out" 2>&1 &
-  local pid=$!
-  sleep 45
-  echo "--- processes whose argv holds the secret: $(ps -eo args= | grep -v grep | grep -c "$SECRET")"
-  echo "--- UI settings api_url: $(curl -s --max-time 5 http://127.0.0.1:4311/ui-settings | head -c 300)"
-  kill -TERM $pid; sleep 10
-  echo "--- processes left 10 s after SIGTERM to ui:"; mine "$PREFDESK_HOME" | grep -v "^$$\$" | xargs -r ps -o pid=,args= -p | cut -c1-160
+  (cd "$TREE" && MLFLOW_TRACKING_URI="postgresql://alice:$SECRET@127.0.0.1:9/db" exec "$PY" -m prefdesk.cli ui --prefect-port 4311 --mlflow-port 5011) >"$WORK/ui-a.out" 2>&1 &
+  local pid=$! seen=0
+  for _ in $(seq 60); do  # 30 s of `ps` samples
+    n=$(ps -eo args= | grep -v grep | grep -c "$SECRET"); [ "$n" -gt "$seen" ] && seen=$n; sleep 0.5
+  done
+  echo "--- most processes at once whose argv (ps) held the secret: $seen"
+  kill -TERM $pid 2>/dev/null; sleep 5; reap_mine "$PREFDESK_HOME"
+  (cd "$TREE" && exec "$PY" -m prefdesk.cli ui --prefect-port 4311 --mlflow-port 5011) >"$WORK/ui.out" 2>&1 &
+  pid=$!
+  for _ in $(seq 300); do curl -s --max-time 2 http://127.0.0.1:4311/api/health >/dev/null && break; sleep 1; done
+  echo "--- UI settings api_url: $(curl -s --max-time 5 http://127.0.0.1:4311/ui-settings | grep -o '"api_url":"[^"]*"')"
+  kill -TERM $pid; sleep 15
+  echo "--- processes left 15 s after SIGTERM to ui:"; mine "$PREFDESK_HOME" | grep -v "^$$\$" | xargs -r ps -o pid=,args= -p | cut -c1-160
   reap_mine "$PREFDESK_HOME"
-  grep -v '^\s*$' "$WORK/ui.out" | tail -n 5 | cut -c1-300
+  grep -v '^\s*$' "$WORK/ui.out" | tail -n 3 | cut -c1-300
+  "$PY" -c "import sqlite3,sys; print('--- experiment tags:', sqlite3.connect(sys.argv[1]).execute('select key, value from experiment_tags').fetchall())" "$PREFDESK_HOME/mlflow.db" 2>&1 | tail -1
 }
 
 for p in "${@:-unreachable unwritable settings full_disk sigterm kill9 ui}"; do

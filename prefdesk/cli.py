@@ -44,6 +44,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show the traceback 
     """prefdesk: the preference desk."""
     _State.debug = debug or bool(os.environ.get("PREFDESK_DEBUG"))
 
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (mirrors the pydantic config)")
 SetOpt = typer.Option(None, "--set", "-s", help="override one field: KEY=VALUE (dotted path), repeatable")
 JsonOpt = typer.Option(False, "--json", help="print one JSON object instead of the report")

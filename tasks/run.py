@@ -42,8 +42,9 @@ def crash_flow_runs(flow_run_ids: list[str], why: str) -> None:
                 log.info("flow run %s not marked: %s", fid, redact(exc))
 
 
-def reap_stale(experiment: str, current_flow_run: str) -> None:
-    """Runs left RUNNING by a killed nightly (kill -9, power cut): KILLED in MLflow, Crashed in Prefect."""
+def reap_stale(experiment: str, current_flow_run: str) -> list[str]:
+    """Runs left RUNNING by a killed nightly (kill -9, power cut): KILLED in MLflow, Crashed in
+    Prefect. Returns their MLflow run ids."""
     from prefdesk.tracking import ensure_experiment
 
     stale = reap_stale_runs(ensure_experiment(experiment))
@@ -54,6 +55,7 @@ def reap_stale(experiment: str, current_flow_run: str) -> None:
                     r.info.run_id, r.info.run_name)
     if flow_runs:
         crash_flow_runs(flow_runs, "its process died (marked by the next nightly run)")
+    return [r.info.run_id for r in stale]
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -92,7 +94,7 @@ def open_run(config_path: str | None, overrides: list[str] | None, run_dir: str,
     """
     cfg = load_config(config_path, overrides)
     check_store(cfg.registry.experiment)  # fail fast here too when Prefect, not the CLI, starts the flow
-    reap_stale(cfg.registry.experiment, flow_run_id)
+    killed = reap_stale(cfg.registry.experiment, flow_run_id)
     summary: dict[str, Any] = {"run_id": None, "run_dir": run_dir, "flow_run_id": flow_run_id,
                                "optimizer": cfg.train.optimizer, "model": cfg.model.name,
                                "experiment": cfg.registry.experiment, "status": "running"}
@@ -100,6 +102,8 @@ def open_run(config_path: str | None, overrides: list[str] | None, run_dir: str,
                      tags={"prefdesk.flow_run_id": flow_run_id, "prefdesk.run_dir": run_dir},
                      params=cfg.flatten()) as tracker:
         summary["run_id"] = tracker.run_id
+        if killed:  # a resumed run continues their training curve: say where its start is
+            tracker.set_tags({"prefdesk.after_killed_runs": ",".join(killed)})
         failing = True
         try:
             yield cfg, tracker.run_id, summary

@@ -426,6 +426,7 @@ def test_sigterm_and_kill9_leave_no_server_and_no_run_running(tmp_path):
         proc.communicate(timeout=60)
         runs = {rid: (status, tags) for rid, status, tags in _mlflow_runs(home)}
         assert runs[killed_id][0] == "KILLED" and "was gone" in runs[killed_id][1]["prefdesk.ended"]
+        assert list(runs.values())[2][1]["prefdesk.after_killed_runs"] == killed_id
         assert _flow_run_state(home, killed_tags["prefdesk.flow_run_id"]) == "CRASHED"
         assert [s for s, _ in runs.values()] == ["KILLED"] * 3
         assert _wait_gone(home, 10) == []
