@@ -98,12 +98,12 @@ def open_run(config_path: str | None, overrides: list[str] | None, run_dir: str,
     summary: dict[str, Any] = {"run_id": None, "run_dir": run_dir, "flow_run_id": flow_run_id,
                                "optimizer": cfg.train.optimizer, "model": cfg.model.name,
                                "experiment": cfg.registry.experiment, "status": "running"}
-    with tracked_run(cfg.registry.experiment, run_name=f"nightly-{cfg.train.optimizer}",
-                     tags={"prefdesk.flow_run_id": flow_run_id, "prefdesk.run_dir": run_dir},
+    tags = {"prefdesk.flow_run_id": flow_run_id, "prefdesk.run_dir": run_dir}
+    if killed:  # a resumed run continues their training curve: say where its start is
+        tags["prefdesk.after_killed_runs"] = ",".join(killed)
+    with tracked_run(cfg.registry.experiment, run_name=f"nightly-{cfg.train.optimizer}", tags=tags,
                      params=cfg.flatten()) as tracker:
         summary["run_id"] = tracker.run_id
-        if killed:  # a resumed run continues their training curve: say where its start is
-            tracker.set_tags({"prefdesk.after_killed_runs": ",".join(killed)})
         failing = True
         try:
             yield cfg, tracker.run_id, summary
