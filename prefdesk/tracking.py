@@ -251,7 +251,7 @@ def _explain(exc: BaseException, shown: str, timeout: float) -> StoreError | Non
                           "or point MLFLOW_TRACKING_URI at a running one (unset it for the local store)")
     if "gaierror" in names or "NameResolutionError" in names:
         return StoreError(f"cannot reach the MLflow tracking server {shown}: its host name does not resolve")
-    if names & {"ReadTimeout", "ConnectTimeout", "Timeout", "TimeoutError", "ReadTimeoutError"}:
+    if names & {"ReadTimeout", "ConnectTimeout", "Timeout", "TimeoutError", "ReadTimeoutError", "timeout"}:
         return StoreError(f"the MLflow tracking server {shown} did not answer within {timeout:g} s: check that it "
                           "is up (PREFDESK_STORE_TIMEOUT sets this limit)")
     if names & {"ConnectionError", "NewConnectionError", "MaxRetryError", "SSLError"}:
@@ -264,6 +264,35 @@ def _explain(exc: BaseException, shown: str, timeout: float) -> StoreError | Non
     return None
 
 
+def _probe_http(uri: str, shown: str, timeout: float) -> None:
+    """One plain request to a tracking server before MLflow is even imported (seconds on a busy
+    machine): refused, unresolvable, silent or refusing the credentials fails here. Anything
+    else (TLS with a private CA, a proxy's quirk) is left to MLflow's own client to judge."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        req.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    elif user:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise StoreError(f"the MLflow tracking server {shown} refused the credentials (HTTP {exc.code}): check "
+                             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN") from None
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        explained = _explain(reason if isinstance(reason, BaseException) else exc, shown, timeout)
+        if explained is not None:
+            raise explained from None
+
+
 def check_store(experiment: str | None = None, write: bool = True, timeout: float | None = None) -> str:
     """The tracking store is reachable, writable and has a usable schema, within `timeout` s.
 
@@ -271,11 +300,13 @@ def check_store(experiment: str | None = None, write: bool = True, timeout: floa
     that proves it; a local store's folder is probed with a real write in any case. Returns
     the experiment id ('' when none); raises `StoreError` with a one-line reason otherwise.
     """
-    import mlflow.tracking  # noqa: F401  (imports take seconds on a busy machine: not the server's time)
-
     timeout = timeout or _store_timeout()
     uri = tracking_uri()
     shown = redact(uri)
+    if uri.startswith(("http://", "https://")):
+        _probe_http(uri, shown, timeout)
+    import mlflow.tracking  # noqa: F401  (imports take seconds on a busy machine: not the server's time)
+
     db = sqlite_path(uri)
     if db is not None:
         prepare_sqlite_store(db, write=write)
