@@ -471,14 +471,15 @@ def plugins(json_: bool = JsonOpt) -> None:
 @_guarded
 def serve(cron: str = typer.Option("0 2 * * *", help="schedule (cron, server time zone)"),
           config: Optional[Path] = ConfigOpt) -> None:
-    """Serve the nightly deployment on its schedule (needs a Prefect server: `prefdesk ui`)."""
+    """Serve the nightly deployment on its schedule (on `prefdesk ui`'s Prefect server when PREFECT_API_URL names it)."""
     _prepare_env()
     _config(config, [], store=True)
-    from flows.nightly import nightly
-
-    _quiet_logs()
     params = {"config_path": str(config.resolve())} if config else {}
-    nightly.serve(name="prefdesk-nightly", cron=cron, parameters=params)
+    with _prefect_api():  # with no PREFECT_API_URL, a server that lives and dies with this process
+        from flows.nightly import nightly
+
+        _quiet_logs()
+        nightly.serve(name="prefdesk-nightly", cron=cron, parameters=params)
 
 
 def ui_commands(prefect_port: int, mlflow_port: int) -> list[tuple[list[str], dict[str, str]]]:
