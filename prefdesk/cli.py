@@ -125,10 +125,10 @@ def _describe_error(exc: BaseException) -> str:
     return text if text and (ours or isinstance(exc, ValueError)) else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
-def _fail(msg: str, code: int = 1, **extra: Any) -> None:
+def _fail(msg: str, code: int = 1) -> None:
     msg = redact(msg)
     if _State.json:
-        print(json.dumps({"error": msg, "status": f"failed: {msg}", **extra}, default=str))
+        print(json.dumps({"error": msg, "status": f"failed: {msg}"}))
     typer.secho(f"error: {msg}", fg="red", err=True)
     raise typer.Exit(code)
 
