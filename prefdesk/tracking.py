@@ -303,15 +303,15 @@ def check_store(experiment: str | None = None, write: bool = True, timeout: floa
     timeout = timeout or _store_timeout()
     uri = tracking_uri()
     shown = redact(uri)
+    # Cheap checks first: MLflow's import alone takes seconds on a busy machine.
     if uri.startswith(("http://", "https://")):
         _probe_http(uri, shown, timeout)
-    import mlflow.tracking  # noqa: F401  (imports take seconds on a busy machine: not the server's time)
-
     db = sqlite_path(uri)
     if db is not None:
-        prepare_sqlite_store(db, write=write)
+        prepare_sqlite_store(db, write=write)  # probes the folder before it imports MLflow
     elif uri.startswith(("file:", "/")) or "://" not in uri:
         _probe_writable(Path(uri.removeprefix("file://")))
+    import mlflow.tracking  # noqa: F401  (imported here, outside the server's time budget)
 
     def round_trip() -> str:
         if write and experiment:
