@@ -133,6 +133,16 @@ def _fail(msg: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _exit_at_once(code: int) -> None:
+    """A cancelled command has marked its runs and stopped its servers: end now. The interpreter's
+    own teardown (garbage-collecting a model, a GX context...) took 10+ s on a busy machine,
+    past a scheduler's grace period. Only as the `prefdesk` program, never inside a test runner."""
+    if Path(sys.argv[0]).name in ("prefdesk", "cli.py"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
     """Every failure of a command becomes one line (and a JSON object with --json)."""
 
@@ -146,7 +156,10 @@ def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (prefdesk.lifecycle.Terminated)
-            _fail(f"cancelled ({cancel_reason(exc)})", code=exit_code(exc))
+            try:
+                _fail(f"cancelled ({cancel_reason(exc)})", code=exit_code(exc))
+            finally:
+                _exit_at_once(exit_code(exc))
         except Exception as exc:
             if _State.debug:
                 err.print_exception()
@@ -523,4 +536,4 @@ def ui(prefect_port: int = typer.Option(4200, min=1, max=65535), mlflow_port: in
 
 
 if __name__ == "__main__":
-    app()
+    app()  # as `python -m prefdesk.cli` (the tests' way to run the real program)
