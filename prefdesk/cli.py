@@ -171,10 +171,11 @@ def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
 def _config(config: Optional[Path], sets: Optional[list[str]], store: bool = False):
     """The config, every setting checked; with `store`, the tracking store too, before the
     optimizer plugin is imported (seconds of torch), so a store that is down is named at once."""
-    from prefdesk.config import check_paths, check_train_params
+    from prefdesk.config import check_optimizer, check_paths, check_train_params
 
     cfg = load_config(config, sets or [], check=False)
     check_paths(cfg)
+    check_optimizer(cfg.train)
     if store:
         _check_store(cfg.registry.experiment)
     check_train_params(cfg.train)

@@ -265,14 +265,24 @@ RUN_SETTINGS = {"seed": "seed", "max_length": "data.max_length", "checkpoint_eve
                 "output_dir": "PREFDESK_HOME (set by prefdesk)"}
 
 
-def check_train_params(train: TrainSettings) -> None:
-    """The optimizer exists and `train.params` fits its `Params` model (nothing injected)."""
+def check_optimizer(train: TrainSettings) -> None:
+    """The optimizer is installed and `train.params` holds no run setting (no plugin import: instant)."""
     from prefdesk import plugin
 
     misplaced = [k for k in train.params if k in RUN_SETTINGS]
     if misplaced:
         raise ConfigError("; ".join(f"train.params.{k}: a run setting, not an optimizer parameter: "
                                     f"set {RUN_SETTINGS[k]}" for k in misplaced))
+    if train.optimizer not in plugin.available():
+        known = ", ".join(sorted(plugin.available())) or "none"
+        raise ConfigError(f"train.optimizer: no optimizer plugin named {train.optimizer!r} (installed: {known})")
+
+
+def check_train_params(train: TrainSettings) -> None:
+    """The optimizer exists and `train.params` fits its `Params` model (nothing injected)."""
+    from prefdesk import plugin
+
+    check_optimizer(train)
     try:
         cls = plugin.load(train.optimizer)
     except plugin.PluginError as exc:
