@@ -1,7 +1,8 @@
 """The nightly preference-tuning flow: ingest -> validate -> train -> evaluate -> gate -> register.
 
 Reads like the DAG. Tasks exchange file paths and plain dicts only; the MLflow run id is
-passed explicitly because MLflow's active run is thread-local.
+passed explicitly because MLflow's active run is thread-local. `open_run` owns the run's
+ending: the summary file and the MLflow status, however the flow stops (error, SIGTERM).
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks.evaluate import evaluate
 from tasks.gate import gate
 from tasks.ingest import ingest
 from tasks.register import register
-from tasks.run import close_run, new_run_dir, open_run
+from tasks.run import new_run_dir, open_run
 from tasks.train import train
 from tasks.validate import validate
 
@@ -29,13 +30,8 @@ class DataGateFailed(RuntimeError):
 @flow(name="prefdesk-nightly", log_prints=True)
 def nightly(config_path: str | None = None, overrides: list[str] | None = None, run_dir: str | None = None) -> dict[str, Any]:
     run_dir = run_dir or new_run_dir()
-    cfg, run_id = open_run(config_path, overrides, run_dir, str(flow_run.id or ""))
-    config = cfg.model_dump(mode="json")
-    summary: dict[str, Any] = {"run_id": run_id, "run_dir": run_dir, "flow_run_id": str(flow_run.id or ""),
-                               "optimizer": cfg.train.optimizer, "model": cfg.model.name,
-                               "experiment": cfg.registry.experiment, "status": "running"}
-    status = "FAILED"
-    try:
+    with open_run(config_path, overrides, run_dir, str(flow_run.id or "")) as (cfg, run_id, summary):
+        config = cfg.model_dump(mode="json")
         files = ingest(cfg.data.train, run_dir)
         data = validate(files, config, run_dir, run_id)
         summary["data"] = {k: data[k] for k in ("rows_in", "accepted", "quarantined", "passed", "failed", "quarantine_path")}
@@ -59,13 +55,4 @@ def nightly(config_path: str | None = None, overrides: list[str] | None = None, 
             promoted=reg["promoted"],
             status="promoted to champion" if reg["promoted"] else "registered as challenger, not promoted",
         )
-        status = "FINISHED"
         return summary
-    except Exception as exc:
-        if summary["status"] == "running":
-            summary["status"] = f"failed: {type(exc).__name__}: {exc}"
-        summary.setdefault("promoted", False)
-        get_run_logger().error(summary["status"])
-        raise
-    finally:
-        close_run(run_id, run_dir, summary, status)

