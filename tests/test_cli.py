@@ -60,7 +60,7 @@ def test_train_then_evaluate_an_adapter(tmp_path, toy_pairs):
     assert res.exit_code == 0, res.output
     out = _last_json(res.stdout)
     assert out["steps"] == 2 and out["pairs"] == 16
-    res = runner.invoke(app, ["evaluate", "--adapter", out["adapter"], "--json", *common,
+    res = runner.invoke(app, ["evaluate", "--adapter", out["artifacts"]["adapter"], "--json", *common,
                               "--set", "eval.max_prompts=2", "--set", "eval.max_new_tokens=4"])
     assert res.exit_code == 0, res.output
     m = _last_json(res.stdout)

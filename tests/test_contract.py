@@ -87,10 +87,13 @@ def test_a_missing_need_fails_before_any_work(monkeypatch):
 
     eps = {"needy": EntryPoint(name="needy", value="test_contract:NeedsRewardModel", group=plugin.GROUP)}
     monkeypatch.setattr(plugin, "available", lambda: eps)
-    cfg = load_config(None, ["train.optimizer=needy", "model.name=tiny"])
-    with pytest.raises(plugin.PluginError, match="needs reward_model") as err:
-        check_needs(cfg)
+    from prefdesk.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs reward_model") as err:  # when the config loads
+        load_config(None, ["train.optimizer=needy", "model.name=tiny"])
     assert "train.reward_model" in str(err.value)
+    with pytest.raises(plugin.PluginError, match="needs reward_model"):
+        check_needs(load_config(None, ["train.optimizer=needy", "model.name=tiny"], check=False))
     # named where it can be met: the check passes and names nothing
     check_needs(load_config(None, ["train.optimizer=needy", "train.reward_model=some/folder"]))
 
