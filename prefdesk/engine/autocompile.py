@@ -1,9 +1,11 @@
 """`torch.compile` of the decoder layers, turned on where the run is long enough to pay.
 
-Measured on SmolLM2 on a 2-core AMX CPU: a compiled step is ~35% faster (fused norms,
-activations and LoRA arithmetic) but the first compiled step pays ~50 s of compilation,
-~10 s when inductor's on-disk cache already holds this machine's and model's kernels.
-So compilation is worth it for a few hundred steps, not for sixteen.
+Measured on SmolLM2: a compiled step is ~35% faster in bf16 on a 2-core AMX CPU and ~14%
+in fp32 on an AVX2 one (fused norms, activations and LoRA arithmetic; fp32 steps are
+dominated by the matmuls compilation does not change), but the first compiled step pays
+~50 s of compilation on a quiet machine, ~10 s when inductor's on-disk cache already holds
+this machine's and model's kernels. So compilation pays for a few hundred steps, not for
+sixteen (unless the steps themselves are slow).
 
 `PREFDESK_COMPILE`: `1` compiles from the start (reference pass included), `0` never,
 unset or `auto` decides after two eager steps: the second step's time (the first pays
@@ -33,13 +35,31 @@ from prefdesk.engine.logprobs import decoder
 
 log = logging.getLogger("prefdesk")
 
-DEFAULT_SAVING = 0.35  # share of an eager step a compiled step saves (measured, see above)
+DEFAULT_SAVING = {torch.bfloat16: 0.35, torch.float16: 0.35}  # share of an eager step saved (see above)
+FP32_SAVING = 0.14
 DEFAULT_COLD_SECONDS = 50.0  # first compile on a machine, inductor's cache empty (~10 s warm)
 DECIDE_AFTER = 2  # eager steps timed before deciding
 
 
 def cache_dir() -> Path:
     return model_cache_dir() / "inductor"
+
+
+def _use_our_inductor_cache() -> None:
+    """Point inductor at `<model cache>/inductor` unless the user chose a folder.
+
+    torch fills TORCHINDUCTOR_CACHE_DIR with its default (/tmp/torchinductor_<user>) the
+    first time it asks, which loading a model already does, so "unset" is "the default".
+    """
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        from torch._inductor.utils import clear_caches
+    except ImportError:  # another torch layout: leave inductor's choice alone
+        return
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir())
+        clear_caches()
 
 
 def compile_layers(policy) -> Callable[[], None]:
@@ -50,7 +70,7 @@ def compile_layers(policy) -> Callable[[], None]:
     Layers are restored to eager by the undo, so evaluation and generation on the same
     policy do not recompile.
     """
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
+    _use_our_inductor_cache()
     layers = list(getattr(decoder(policy.model), "layers", []))
     for layer in layers:
         layer.compile(dynamic=True)
@@ -99,7 +119,8 @@ class AutoCompile:
 
     def estimate(self, step_seconds: float, steps_left: int) -> tuple[bool, str]:
         """(compile?, the estimate in words)."""
-        saving = float(self.record.get("saving", DEFAULT_SAVING))
+        default = DEFAULT_SAVING.get(getattr(self.policy, "dtype", None), FP32_SAVING)
+        saving = float(self.record.get("saving", default))
         cost = float(self.record.get("compile_seconds", DEFAULT_COLD_SECONDS))
         gain = steps_left * step_seconds * saving
         source = "measured here before" if self.record else "first compile on this machine, defaults"

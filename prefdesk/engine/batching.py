@@ -40,8 +40,18 @@ from prefdesk.engine.tokenize import Encoded, encode
 from prefdesk.pairs import Pair
 
 MEGABATCH = 16  # batches per length-sorted mega-batch
-PAD_MULTIPLE = 16  # training batches are padded to a multiple of this many tokens
+PAD_MULTIPLE = 16  # low-precision and GPU training batches are padded to a multiple of this many tokens
 LAYOUTS = {True: "shared-prefix", False: "separate"}
+
+
+def pad_multiple(dtype: torch.dtype, device_type: str) -> int:
+    """Row-width multiple for training batches.
+
+    oneDNN builds a bf16/fp16 primitive per new shape on CPU and GPUs like multiples of 8,
+    so those round widths up to 16 (fewer distinct shapes); fp32 matmuls on CPU cost the
+    same for any width (measured: no first-call penalty), so padding there is pure waste.
+    """
+    return 1 if dtype == torch.float32 and device_type == "cpu" else PAD_MULTIPLE
 
 
 def share_prefix_default() -> bool:

@@ -46,7 +46,15 @@ import torch
 
 from prefdesk.engine import autocompile
 from prefdesk.engine.autocompile import AutoCompile, compile_layers
-from prefdesk.engine.batching import LAYOUTS, PAD_MULTIPLE, EncodedPair, bucketed_batches, collate, encode_pairs, padding_share
+from prefdesk.engine.batching import (
+    LAYOUTS,
+    EncodedPair,
+    bucketed_batches,
+    collate,
+    encode_pairs,
+    pad_multiple,
+    padding_share,
+)
 from prefdesk.engine.logprobs import AnswerLogps, batch_logps, compute_context, use_shared_prefix
 from prefdesk.engine.losses import LossOutput, PairLogps, step_metrics
 from prefdesk.engine.refcache import RefCache, base_fingerprint, reference_logps
@@ -193,6 +201,7 @@ def _train(ctx: "RunContext", params: TrainParams, loss_fn: LossFn, *, name: str
     plan = make_plan(encoded, params, run.seed, world, shared)
     lengths = [e.width(shared) for e in encoded]
     pad_id = policy.tokenizer.pad_token_id
+    multiple = pad_multiple(policy.dtype, device.type)
 
     # 3. the reference, once per pair, from the cache when it is there
     fingerprint = base_fingerprint(policy)
@@ -202,7 +211,7 @@ def _train(ctx: "RunContext", params: TrainParams, loss_fn: LossFn, *, name: str
     if use_reference and run.reference_cache:
         first_epoch = bucketed_batches(lengths, params.batch_size, run.seed, 0)
         ref = reference_logps(policy, encoded, batch_size=params.batch_size, cache=cache, accelerator=accelerator,
-                              batches=first_epoch, multiple=PAD_MULTIPLE, shared=shared)
+                              batches=first_epoch, multiple=multiple, shared=shared)
     ref_seconds = time.perf_counter() - t_ref
 
     # 4. optimizer, schedule, loss scaler (fp16 only), accelerate
@@ -243,7 +252,7 @@ def _train(ctx: "RunContext", params: TrainParams, loss_fn: LossFn, *, name: str
             acc: dict[str, float] = defaultdict(float)
             tokens = 0
             for j, idx in enumerate(micro):
-                batch = collate([encoded[i] for i in idx], pad_id, idx, PAD_MULTIPLE, shared=shared).to(device)
+                batch = collate([encoded[i] for i in idx], pad_id, idx, multiple, shared=shared).to(device)
                 last = j == len(micro) - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(module):
                     with compute_context(policy.model, policy.dtype, device.type):
