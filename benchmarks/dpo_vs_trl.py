@@ -344,6 +344,7 @@ def main() -> None:
         print(f"  prefix sharing alone: {ours['pairs_per_s'] / sep['pairs_per_s']:.2f}x (reference pass counted), "
               f"{ours['pairs_per_s_warm'] / sep['pairs_per_s_warm']:.2f}x (warm cache), "
               f"{sep['cpu_per_pair'] / ours['cpu_per_pair']:.2f}x in CPU time")
+    peak = max(peak, matmul_rate(choice.dtype))  # measured again: one reading on a shared machine can be low
     f = ours["flops"]
     achieved = (f["train"] + f["ref"]) / ours["seconds"]
     print(f"engine FLOP/s: {achieved / 1e9:.1f} GFLOP/s useful = {achieved / peak:.1%} of the {ours_dtype} matmul rate "
