@@ -59,28 +59,29 @@ def child(mode: str, args) -> dict:
     warnings.filterwarnings("ignore")
     import torch
 
-    from dpo_vs_trl import hh_pairs
+    from dpo_vs_trl import DEFAULT_DATA, hh_pairs
     from plugins.dpo import DPOOptimizer
     from plugins.sft import sft_loss
     from prefdesk.config import ModelSettings
+    from prefdesk.context import RunContext, RunSettings
     from prefdesk.engine.loop import train
     from prefdesk.models import build_policy
     from prefdesk.tracking import Tracker
 
     policy = build_policy(ModelSettings(name=args.model))
-    pairs = hh_pairs(args.pairs, args.max_length, policy.tokenizer)
+    pairs = hh_pairs(args.data or DEFAULT_DATA, args.pairs, args.max_length, policy.tokenizer)
     base_bytes = sum(p.numel() * p.element_size() for n, p in policy.model.named_parameters() if "lora_" not in n)
     loaded = _status("VmRSS")
     reset = _reset_peak()
     with tempfile.TemporaryDirectory() as tmp:
-        common = dict(max_steps=args.steps, batch_size=args.batch, max_length=args.max_length,
-                      output_dir=f"{tmp}/run", progress=False)
-        if mode == "sft":
-            params = DPOOptimizer.Params(**common)  # the shared fields; the loss is SFT's
-            train(policy, pairs, params, Tracker(), sft_loss, name="sft", use_reference=False, cache_root=Path(tmp))
+        settings = RunSettings(output_dir=Path(tmp) / "run", max_length=args.max_length, progress=False,
+                               cache_root=Path(tmp) / "refs", reference_cache=(mode != "dpo-live"))
+        ctx = RunContext(policy=policy, settings=settings, tracker=Tracker(), pairs=pairs)
+        params = DPOOptimizer.Params(max_steps=args.steps, batch_size=args.batch)
+        if mode == "sft":  # the shared fields; the loss is SFT's
+            train(ctx, params, sft_loss, name="sft", use_reference=False)
         else:
-            params = DPOOptimizer.Params(**common, reference_cache=(mode == "dpo"))
-            DPOOptimizer().fit(policy, pairs, params, Tracker(), cache_root=Path(tmp))
+            DPOOptimizer().fit(ctx, params)
     return {"mode": mode, "peak_mib": _status("VmHWM"), "loaded_mib": loaded, "peak_reset": reset,
             "base_mib": base_bytes / 2**20, "dtype": str(policy.dtype), "threads": torch.get_num_threads()}
 
@@ -88,6 +89,7 @@ def child(mode: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--data", type=Path, default=None, help="HH-RLHF harmless-base test (.jsonl.gz)")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2)
@@ -102,6 +104,8 @@ def main() -> None:
     for mode in MODES:
         cmd = [sys.executable, __file__, "--child", mode, "--model", args.model, "--pairs", str(args.pairs),
                "--batch", str(args.batch), "--steps", str(args.steps), "--max-length", str(args.max_length)]
+        if args.data:
+            cmd += ["--data", str(args.data)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows[mode] = json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
     first = rows["sft"]

@@ -106,23 +106,32 @@ def ensure_embedded(cache: Path | None = None) -> Path:
     return out
 
 
-@lru_cache(maxsize=1)
 def cpu_has_amx() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
+    from prefdesk.hardware import cpu_info
+
+    return cpu_info().amx
 
 
 def choose_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """The base's dtype: as set, or for `auto` what this hardware runs fast (prefdesk.hardware).
+
+    The auto choice is logged once per device with its reason (flag, or the cached
+    micro-benchmark of bf16 against fp32 matmuls on CPUs the flags do not vouch for).
+    """
     if setting == "bf16":
         return torch.bfloat16
     if setting == "fp32":
         return torch.float32
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_amx() else torch.float32
+    return _auto_dtype(str(device))
+
+
+@lru_cache(maxsize=None)
+def _auto_dtype(device: str) -> torch.dtype:
+    from prefdesk.hardware import choose_auto_dtype
+
+    choice = choose_auto_dtype(torch.device(device))
+    log.info("model.dtype auto -> %s on %s: %s", str(choice.dtype).removeprefix("torch."), device, choice.reason)
+    return choice.dtype
 
 
 def want_4bit(setting: str) -> bool:

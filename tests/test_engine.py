@@ -14,6 +14,7 @@ from prefdesk.engine.batching import (
     encode_pairs,
     pad_sequences,
     padding_share,
+    shared_prefix,
 )
 from prefdesk.engine.logprobs import pair_logps, sequence_logps
 from prefdesk.engine.loop import TrainingDiverged, train
@@ -74,16 +75,42 @@ def test_truncation_keeps_the_prompt_end_and_the_answer_start(tok):
 # -- batches -----------------------------------------------------------------------------
 
 
-def test_collate_concatenates_chosen_then_rejected_right_padded(tok, toy_pairs):
+def test_separate_layout_concatenates_chosen_then_rejected_right_padded(tok, toy_pairs):
     items = encode_pairs(tok, toy_pairs[:3], 128)
-    b = collate(items, tok.pad_token_id, multiple=16)
-    assert b.input_ids.shape[0] == 6 and b.input_ids.shape[1] % 16 == 0
+    b = collate(items, tok.pad_token_id, multiple=16, shared=False)
+    assert b.input_ids.shape[0] == 6 and b.input_ids.shape[1] % 16 == 0 and not b.shared
     for r, e in enumerate([it.chosen for it in items] + [it.rejected for it in items]):
         n = len(e.input_ids)
         assert b.input_ids[r, :n].tolist() == e.input_ids
         assert b.attention_mask[r].tolist() == [1] * n + [0] * (b.input_ids.shape[1] - n)
-        assert b.answer_mask[r].nonzero().flatten().tolist() == list(range(e.answer_start, n))
+        scored = b.targets[b.rows == r].tolist()
+        assert scored == list(range(e.answer_start, n)) and b.preds[b.rows == r].tolist() == [t - 1 for t in scored]
     assert b.n_pairs == 3 and b.n_tokens == sum(it.tokens for it in items)
+
+
+def test_shared_layout_packs_prompt_once_and_masks_the_other_answer(tok, toy_pairs):
+    items = encode_pairs(tok, toy_pairs[:3], 128)
+    b = collate(items, tok.pad_token_id, multiple=16)
+    assert b.shared and b.input_ids.shape[0] == 3 and b.input_ids.shape[1] % 16 == 0
+    assert b.n_tokens == sum(it.tokens for it in items)
+    for r, it in enumerate(items):
+        c, j = it.chosen, it.rejected
+        s = shared_prefix([c, j])
+        assert s == c.answer_start == j.answer_start  # same prompt, all of it shared
+        lc, lr = len(c.input_ids) - s, len(j.input_ids) - s
+        row = b.input_ids[r].tolist()
+        assert row[: s + lc] == c.input_ids and row[s + lc : s + lc + lr] == j.input_ids[s:]
+        pos = b.position_ids[r].tolist()
+        assert pos[: s + lc] == list(range(s + lc)) and pos[s + lc : s + lc + lr] == list(range(s, s + lr))
+        m = b.attention_mask[r, 0]
+        first_rej = s + lc
+        assert m[first_rej, :s].all() and not m[first_rej, s:first_rej].any() and m[first_rej, first_rej]
+        assert not m[s + lc - 1, first_rej:].any()  # causal: chosen never sees what follows
+        # the first rejected answer token is predicted by the prompt's last token, like the first chosen one
+        k = (b.rows == r) & (b.targets == first_rej)
+        assert b.preds[k].tolist() == [s - 1] and b.slots[k].tolist() == [r * 2 + 1]
+        assert int(((b.rows == r) & (b.slots == r * 2)).sum()) == lc and int((b.slots == r * 2 + 1).sum()) == lr
+    assert b.computed_tokens == sum(it.width(True) for it in items) < b.n_tokens
 
 
 def test_bucketing_is_seeded_complete_and_pads_less():

@@ -1,4 +1,8 @@
-"""The engine's DPO against TRL's DPOTrainer on the same tiny model, pairs and tokens."""
+"""The engine's DPO against TRL's DPOTrainer on the same tiny model, pairs and tokens.
+
+Both of the engine's layouts are checked: the prompt shared by both answers (one packed
+row per pair, what training runs) and a row per answer (what TRL runs).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ pytest.importorskip("trl")
 
 from plugins.dpo import dpo_loss  # noqa: E402
 from prefdesk.engine.batching import collate, encode_pairs  # noqa: E402
-from prefdesk.engine.logprobs import sequence_logps  # noqa: E402
+from prefdesk.engine.logprobs import batch_logps  # noqa: E402
 from prefdesk.engine.losses import PairLogps  # noqa: E402
 from prefdesk.pairs import Pair  # noqa: E402
 
@@ -59,8 +63,9 @@ def test_same_tokens(setup):
         assert row["rejected_ids"] == e.rejected.input_ids[e.rejected.answer_start :]
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-prefix", "separate"])
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
-def test_loss_and_rewards_match_trl(setup, loss_type):
+def test_loss_and_rewards_match_trl(setup, loss_type, shared):
     policy, pairs, trainer = setup
     trainer.loss_types, trainer.loss_weights = [loss_type], [1.0]
     trainer._metrics["train"].clear()
@@ -71,16 +76,16 @@ def test_loss_and_rewards_match_trl(setup, loss_type):
     m = trainer._metrics["train"]
 
     enc = encode_pairs(policy.tokenizer, pairs, 10_000)
-    b = collate(enc, policy.tokenizer.pad_token_id)
+    b = collate(enc, policy.tokenizer.pad_token_id, shared=shared)
+    assert b.shared == shared
     with torch.no_grad():
-        s, n = sequence_logps(policy.model, b.input_ids, b.attention_mask, b.answer_mask)
+        s, n = batch_logps(policy.model, **b.inputs())
         with policy.reference():
-            r, _ = sequence_logps(policy.model, b.input_ids, b.attention_mask, b.answer_mask)
-    k = len(pairs)
-    out = dpo_loss(PairLogps(s[:k], s[k:], n[:k], n[k:], r[:k], r[k:]), beta=BETA, loss_type=loss_type)
+            r, _ = batch_logps(policy.model, **b.inputs())
+    out = dpo_loss(PairLogps(s[:, 0], s[:, 1], n[:, 0], n[:, 1], r[:, 0], r[:, 1]), beta=BETA, loss_type=loss_type)
     assert out.loss.item() == pytest.approx(trl_loss, rel=1e-4, abs=1e-6)
     assert out.reward_chosen.mean().item() == pytest.approx(m["rewards/chosen"][-1], rel=1e-4, abs=1e-6)
     assert out.reward_rejected.mean().item() == pytest.approx(m["rewards/rejected"][-1], rel=1e-4, abs=1e-6)
-    assert s[:k].mean().item() == pytest.approx(m["logps/chosen"][-1], rel=1e-5)
+    assert s[:, 0].mean().item() == pytest.approx(m["logps/chosen"][-1], rel=1e-5)
     # a non-trivial comparison: the policy has left the reference
     assert abs(out.reward_chosen).max().item() > 1e-3

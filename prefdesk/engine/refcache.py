@@ -4,9 +4,9 @@ The reference is frozen, so log pi_ref(answer | prompt) of a pair is a constant 
 pair, the base weights and the tokenization. Computing it in one no-grad pass before
 training (inside `policy.reference()`, the adapter switched off) removes the reference
 forward from every training step, and a second epoch or the next night's run reads it
-back from `$PREFDESK_HOME/cache/refs/<base fingerprint>/<pair id>-<token key>.pt`.
+back from `$PREFDESK_HOME/cache/refs/<base fingerprint>/<layout>/<pair id>-<token key>.pt`.
 
-The key has three parts, so a stale value can never be served:
+The key has four parts, so a stale value can never be served:
   * the base fingerprint: name, dtype, quantization and a sample of every base weight
     (a random tiny model with another seed, or a base loaded in bf16 instead of fp32,
     gets another folder);
@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from prefdesk.config import home
-from prefdesk.engine.batching import EncodedPair, sorted_batches
+from prefdesk.engine.batching import LAYOUTS, EncodedPair, share_prefix_default, sorted_batches
 from prefdesk.engine.logprobs import pair_logps, unwrap
 
 
@@ -62,8 +62,9 @@ def base_fingerprint(policy) -> str:
 class RefCache:
     """Per-pair reference values: (chosen logp, rejected logp, chosen tokens, rejected tokens)."""
 
-    def __init__(self, fingerprint: str, root: str | Path | None = None):
-        self.dir = Path(root or default_root()) / fingerprint
+    def __init__(self, fingerprint: str, root: str | Path | None = None, shared: bool = True):
+        self.dir = Path(root or default_root()) / fingerprint / LAYOUTS[shared]
+        self.shared = shared
         self.hits = 0
         self.misses = 0
 
@@ -94,14 +95,16 @@ def reference_logps(
     accelerator=None,
     batches: Sequence[Sequence[int]] | None = None,
     multiple: int = 1,
+    shared: bool | None = None,
 ) -> torch.Tensor:
     """[N, 4] reference values for every encoded pair; only cache misses hit the model.
 
     `batches` (indices into `encoded`) groups the misses as training will: in bf16 the
     sums depend slightly on the padded shape, so scoring the reference in the first
-    epoch's own batches makes policy and reference agree exactly at step 1 (the loss
-    starts at log 2). With several processes each computes a share of the misses and
-    writes it to the cache; after a barrier every process reads all of them back.
+    epoch's own batches and layout (`shared`, as the cache's) makes policy and reference
+    agree exactly at step 1 (the loss starts at log 2). With several processes each
+    computes a share of the misses and writes it to the cache; after a barrier every
+    process reads all of them back.
     """
     values = torch.zeros(len(encoded), 4, dtype=torch.float32)
     missing: list[int] = []
@@ -119,9 +122,10 @@ def reference_logps(
     rank = accelerator.process_index if accelerator is not None else 0
     if world > 1 and cache is None:
         raise ValueError("several processes share reference values through the cache; enable reference_cache")
+    shared = (cache.shared if cache is not None else share_prefix_default()) if shared is None else shared
     want = set(missing)
     if batches is None:
-        groups = sorted_batches([encoded[i].length for i in missing], batch_size)
+        groups = sorted_batches([encoded[i].width(shared) for i in missing], batch_size)
         groups = [[missing[j] for j in g] for g in groups]
     else:
         groups = [[i for i in b if i in want] for b in batches]
@@ -129,7 +133,8 @@ def reference_logps(
     mine = [i for g in groups[rank::world] for i in g]
     pos = {i: j for j, i in enumerate(mine)}
     local = [[pos[i] for i in g] for g in groups[rank::world]]
-    computed = pair_logps(policy, [encoded[i] for i in mine], reference=True, batches=local, multiple=multiple)
+    computed = pair_logps(policy, [encoded[i] for i in mine], reference=True, batches=local, multiple=multiple,
+                          shared=shared)
     for j, i in enumerate(mine):
         values[i] = computed[j]
         if cache is not None:
