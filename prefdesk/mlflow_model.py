@@ -116,6 +116,8 @@ class CardFacts:
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple, set)):  # peft keeps target modules as a set: order them
+        value = ", ".join(sorted(map(str, value)))
     return str(value).replace("|", "/").replace("\n", " ")
 
 
@@ -149,7 +151,8 @@ def card_text(facts: CardFacts, lora: dict[str, Any]) -> str:
         f"| MLflow run | `{facts.run_id}` |",
         f"| suspected reward hacking | {'yes' if g.suspected_reward_hacking else 'no'} |",
         "",
-        "Load it with its base (found through prefdesk's model cache, weights digest checked):",
+        "Load the current champion (or this version, `models:/NAME/VERSION`) with its base, found through "
+        "prefdesk's model cache with its weights digest checked:",
         "",
         "```python",
         "import mlflow",
@@ -161,6 +164,7 @@ def card_text(facts: CardFacts, lora: dict[str, Any]) -> str:
         "| parameter | value |",
         "|---|---|",
         *(f"| {_cell(k)} | {_cell(v)} |" for k, v in sorted(facts.params.items())),
+        *([] if facts.params else ["| (none recorded) | |"]),
         "",
         "## Gates",
         "",

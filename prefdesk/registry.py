@@ -57,7 +57,8 @@ def card_facts(run_id: str, model_name: str, gates: GateReport, base: BaseIdenti
 
     run = client().get_run(run_id)
     p = run.data.params
-    digests = [d.dataset.digest for d in (run.inputs.dataset_inputs if run.inputs else [])]
+    digests = [d.dataset.digest for d in (run.inputs.dataset_inputs if run.inputs else [])
+               if any(t.key == "mlflow.data.context" and t.value == "train" for t in d.tags)]
     return CardFacts(
         base=base, run_id=run_id, model_name=model_name, gates=gates, data_hash=digests[0] if digests else None,
         optimizer=run.data.tags.get("prefdesk.optimizer") or p.get("train.optimizer"),
