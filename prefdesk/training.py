@@ -77,7 +77,15 @@ def run_settings(cfg: PrefdeskConfig, output_dir: str | Path, *, progress: bool 
         checkpoint_every=cfg.train.checkpoint_every,
         cache_root=home() / "cache" / "refs",
         progress=progress,
+        kl_budget=_kl_budget(cfg),
     )
+
+
+def _kl_budget(cfg: PrefdeskConfig) -> float | None:
+    """The tightest upper bound on KL per token among the gates (what an optimizer may spend)."""
+    bounds = [g.bound for g in cfg.gates.values()
+              if g.metric == "drift/kl_per_token" and g.op in ("<=", "<") and g.relative_to == "absolute"]
+    return min(bounds) if bounds else None
 
 
 def train_adapter(
