@@ -70,7 +70,6 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import torch
@@ -83,6 +82,7 @@ from prefdesk.engine.loop import StepInfo, TrainingDiverged, linear_schedule, ru
 from prefdesk.engine.refcache import base_fingerprint
 from prefdesk.engine.tokenize import Encoded
 from prefdesk.plugin import TrainParams, TrainResult
+from plugins.reward_model import RewardModelParams, fit_reward_model
 
 if TYPE_CHECKING:
     from prefdesk.context import RunContext
@@ -215,12 +215,14 @@ class RMPPOOptimizer:
 
     name = "rm_ppo"
     needs = frozenset({"pairs", "prompts", "sampler"})
+    wants = frozenset({"reward_model"})  # a given reward model (train.reward_model) is used instead of training one
 
     class Params(TrainParams):
         learning_rate: float = Field(3e-5, gt=0, le=1.0, description="the policy adapter's learning rate")
         batch_size: int = Field(8, ge=1, le=4096, description="prompts per rollout")
         samples_per_prompt: int = Field(2, ge=1, le=64, description="answers sampled per prompt in a rollout")
-        minibatch_size: int = Field(8, ge=1, le=4096, description="answers per optimizer step in the update")
+        minibatch_size: int = Field(8, ge=1, le=4096, description="answers per optimizer step in the update "
+                                    "(in grad_accum forward/backward pieces)")
         ppo_epochs: int = Field(4, ge=1, le=100, description="passes over each rollout")
         temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs are taken at it)")
         clip_range: float = Field(0.2, gt=0, description="policy ratio clip")
@@ -239,6 +241,8 @@ class RMPPOOptimizer:
         kl_early_stop: bool = Field(True, description="stop when a rollout's KL per token leaves the budget")
         missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from the score of an "
                                                   "answer that never ended within the token budget")
+        reward_model: RewardModelParams = Field(RewardModelParams(),
+                                                description="the reward model's own training, when one is trained")
 
     def fit(self, ctx: "RunContext", params: "RMPPOOptimizer.Params") -> TrainResult:
         return PPORun(ctx, params).run()
@@ -263,18 +267,18 @@ class PPORun:
 
     # -- set-up --------------------------------------------------------------------------
 
-    def reward_model(self) -> tuple[Any, dict[str, float], dict[str, float], str | None]:
-        """(judge, rm metrics, rm gated figures, artifact): the run's learned judge, or one trained now."""
+    def reward_model(self) -> tuple[Any, TrainResult | None]:
+        """The run's learned judge when it has one, else a reward model trained now on the pairs."""
         judge = self.ctx.judge
         if judge is not None and getattr(judge, "learned", False):
             log.info("rm_ppo: PPO against the run's reward model (%s)", getattr(judge, "name", type(judge).__name__))
-            return judge, {}, {}, getattr(judge, "source", None)
-        from plugins.reward_model import RewardModelOptimizer, fit_reward_model
-
-        rm_ctx = dataclasses.replace(self.ctx, settings=dataclasses.replace(
-            self.run_settings, output_dir=self.ctx.out_dir / "reward_model_run"), callbacks=())
-        judge, res = fit_reward_model(rm_ctx, RewardModelOptimizer.Params())
-        return judge, res.metrics, res.gated, res.artifacts.get("reward_model")
+            return judge, None
+        if not self.ctx.pairs:
+            raise ValueError("rm_ppo: no learned judge was given and there are no pairs to train a reward model on")
+        # Its own folders (out/reward_model, out/reward_model.checkpoints); a finished one of the
+        # same run is loaded, not retrained, so a run killed during PPO resumes straight into PPO.
+        rm_ctx = dataclasses.replace(self.ctx, callbacks=())
+        return fit_reward_model(rm_ctx, self.p.reward_model, metric_prefix="rm/train/")
 
     def value_model(self) -> torch.nn.Linear:
         policy = self.ctx.policy
@@ -309,7 +313,7 @@ class PPORun:
         policy = ctx.policy
         t_start = time.perf_counter()
         torch.manual_seed(run.seed)
-        judge, rm_metrics, rm_gated, rm_artifact = self.reward_model()
+        judge, rm = self.reward_model()
         head = self.value_model()
         for n, prm in policy.model.named_parameters():  # PPO trains the policy and the value, nothing else
             if prm.requires_grad and f".{POLICY}." not in n and f".{VALUE}." not in n:
@@ -327,7 +331,7 @@ class PPORun:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(p.warmup_steps, total))
 
         items = [json.dumps(m, sort_keys=True) for m in self.prompts]
-        items += [f"judge:{getattr(judge, 'identity', None) or getattr(judge, 'name', type(judge).__name__)}",
+        items += [f"judge:{getattr(judge, 'meta', {}).get('run_key') or getattr(judge, 'name', type(judge).__name__)}",
                   f"settings:{run.max_new_tokens}:{run.max_length}:{self.budget}"]
         key = run_key(RMPPOOptimizer.name, p, base_fingerprint(policy), run.seed, items)
         modules = {"policy": policy.model, "value_head": head}
@@ -390,13 +394,15 @@ class PPORun:
                   str(value_dir / "value_head.safetensors"))
         ctx.checkpointer.clear()
         final = {k: v / max(count, 1) for k, v in sums.items()}
-        final.update(rm_metrics)
         last = {k: v[-1] for k, v in curves.items() if v}
-        gated = dict(rm_gated)
-        gated.update({k: last[k] for k in ("ppo/kl", "ppo/reward", "ppo/response_length") if k in last})
+        gated = {k: last[k] for k in ("ppo/kl", "ppo/reward", "ppo/response_length") if k in last}
         artifacts = {"adapter": str(adapter), "value_head": str(value_dir)}
-        if rm_artifact:
-            artifacts["reward_model"] = str(rm_artifact)
+        if rm is not None:
+            final.update(rm.metrics)
+            gated.update(rm.gated)
+            artifacts["reward_model"] = rm.artifacts["reward_model"]
+        elif hasattr(judge, "save"):  # a given reward model travels with the run that used it
+            artifacts["reward_model"] = str(judge.save(out / "reward_model"))
         extra = {"curves": dict(curves), "stopped_early": stopped, "resumed_from": str(ckpt) if ckpt else None,
                  "kl_target": self.kl.target, "kl_budget": self.budget, "total_seconds": time.perf_counter() - t_start}
         return TrainResult(artifacts=artifacts, metrics=final, steps=count, gated=gated, extra=extra)
@@ -450,32 +456,32 @@ class PPORun:
         for _ in range(p.ppo_epochs):
             perm = torch.randperm(n, generator=gen)
             for lo in range(0, n, p.minibatch_size):
-                idx = perm[lo:lo + p.minibatch_size]
-                mb = batch.select(idx, dev)
-                new = policy_logps(policy, mb.rows, p.temperature)
-                vpred = values(policy, head, mb.rows)
-                mask = mb.mask
-                ratio = torch.exp(new - mb.old)
-                pg1 = -mb.adv * ratio
-                pg2 = -mb.adv * ratio.clamp(1 - p.clip_range, 1 + p.clip_range)
-                pg_loss = masked_mean(torch.max(pg1, pg2), mask)
-                vclip = mb.vals + (vpred - mb.vals).clamp(-p.clip_range_value, p.clip_range_value)
-                vf_loss = 0.5 * masked_mean(torch.max((vpred - mb.ret) ** 2, (vclip - mb.ret) ** 2), mask)
-                loss = pg_loss + p.vf_coef * vf_loss
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingDiverged(step + 1, "the PPO loss", value)
-                loss.backward()
+                for idx in perm[lo:lo + p.minibatch_size].chunk(p.grad_accum):  # micro-batches of one step
+                    mb = batch.select(idx, dev)
+                    new = policy_logps(policy, mb.rows, p.temperature)
+                    vpred = values(policy, head, mb.rows)
+                    mask = mb.mask
+                    ratio = torch.exp(new - mb.old)
+                    pg1 = -mb.adv * ratio
+                    pg2 = -mb.adv * ratio.clamp(1 - p.clip_range, 1 + p.clip_range)
+                    pg_loss = masked_mean(torch.max(pg1, pg2), mask)
+                    vclip = mb.vals + (vpred - mb.vals).clamp(-p.clip_range_value, p.clip_range_value)
+                    vf_loss = 0.5 * masked_mean(torch.max((vpred - mb.ret) ** 2, (vclip - mb.ret) ** 2), mask)
+                    loss = pg_loss + p.vf_coef * vf_loss
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise TrainingDiverged(step + 1, "the PPO loss", value)
+                    (loss / p.grad_accum).backward()
+                    with torch.no_grad():
+                        acc["ppo/clip_fraction"] += float(masked_mean((pg2 > pg1).float(), mask))
+                        acc["ppo/approx_kl"] += float(masked_mean(0.5 * (new - mb.old) ** 2, mask))
+                        acc["ppo/value_loss"] += float(vf_loss)
+                    n_mb += 1
                 norm = float(torch.nn.utils.clip_grad_norm_(weights, p.max_grad_norm))
                 if not math.isfinite(norm):
                     raise TrainingDiverged(step + 1, "the gradient norm", norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    acc["ppo/clip_fraction"] += float(masked_mean((pg2 > pg1).float(), mask))
-                    acc["ppo/approx_kl"] += float(masked_mean(0.5 * (new - mb.old) ** 2, mask))
-                    acc["ppo/value_loss"] += float(vf_loss)
-                n_mb += 1
         return {k: v / max(n_mb, 1) for k, v in acc.items()}
 
 
@@ -507,7 +513,7 @@ class Rollout:
         r = self.rows
         dev_idx = idx.to(r.input_ids.device)
         width = int(self.mask[idx].sum(1).max())
-        row_len = int(r.attention_mask[dev_idx].sum(1).max())
+        row_len = min(r.input_ids.shape[1], -(-int(r.attention_mask[dev_idx].sum(1).max()) // PAD_MULTIPLE) * PAD_MULTIPLE)
         rows = Rows(r.input_ids[dev_idx][:, :row_len], r.attention_mask[dev_idx][:, :row_len],
                     r.answer_mask[dev_idx][:, :row_len], r.index[dev_idx][:, :width].clamp(max=row_len - 1),
                     r.mask[dev_idx][:, :width])

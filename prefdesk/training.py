@@ -112,7 +112,8 @@ def train_adapter(
     tracker.set_tags({"prefdesk.optimizer": cls.name, "prefdesk.quantized": str(policy.quantized).lower(),
                       "prefdesk.dtype": str(policy.dtype).replace("torch.", "")})
     judge = None
-    if plugin.needs_of(cls) & {"judge", "reward_model"}:
+    # `wants`: what a plugin uses when the run provides it (rm_ppo: a given reward model instead of training one)
+    if plugin.needs_of(cls) & {"judge", "reward_model"} or (cfg.train.reward_model and "reward_model" in getattr(cls, "wants", ())):
         from prefdesk import judges
 
         name = cfg.train.judge
