@@ -1,7 +1,7 @@
 """Time per PPO step (rollout + update): prefdesk's rm_ppo against TRL's PPOTrainer, one run.
 
-    python benchmarks/ppo_vs_trl.py --trl-path /tmp/trl-1.12.0   # both sides (~15 min on 2 busy cores)
-    python benchmarks/ppo_vs_trl.py                               # prefdesk and the plain loop only
+    python benchmarks/ppo_vs_trl.py --threads 1 --trl-path /tmp/trl-1.12.0   # all three (~27 min, see below)
+    python benchmarks/ppo_vs_trl.py                                           # prefdesk and the plain loop only
 
 Why a path: the TRL this project pins (trl>=1.0,<2; 1.16.0 installed) no longer has a
 PPOTrainer. It moved to `trl.experimental.ppo` (PR #4482) and was then deleted outright
@@ -28,6 +28,15 @@ and its value model trains every weight; prefdesk's reward and value models are 
 adapters + linear heads on the one shared base. The first step of each side is a warm-up
 and is not counted. Steps whose answers are longer cost more, so the mean answer length of
 each side is printed next to its time.
+
+Measured (2026-12-01, the 2-core CPU shared with other agents' jobs, load average 6-12,
+`--threads 1`, defaults otherwise: 4 prompts, 32 new tokens, 4 PPO epochs, fp32):
+prefdesk 73.4 s per step (answers 32.0 tokens), plain loop 81.0 s (27.9 tokens), TRL 1.12.0
+81.6 s (no answer ended early either) -> TRL / prefdesk 1.11x, plain / prefdesk 1.10x.
+The step is compute-bound on the same forward and backward passes on every side; prefdesk
+saves the full-vocabulary logits (LM head on answer tokens only) and TRL's full-weight
+value model, and spends one extra forward+backward per minibatch on its own value adapter
+(the cost of keeping the value loss out of the policy's weights; see plugins/rm_ppo.py).
 """
 
 from __future__ import annotations

@@ -76,7 +76,6 @@ import torch
 from pydantic import Field
 
 from prefdesk.engine.batching import PAD_MULTIPLE, pad_sequences
-from prefdesk.engine.checkpoint import trainable
 from prefdesk.engine.logprobs import compute_context, hidden_states, token_logps
 from prefdesk.engine.loop import StepInfo, TrainingDiverged, linear_schedule, run_key
 from prefdesk.engine.refcache import base_fingerprint
