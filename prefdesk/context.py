@@ -56,6 +56,7 @@ class RunSettings:
     reference_cache: bool = True
     cache_root: Path | None = None
     progress: bool = True
+    kl_budget: float | None = None  # the drift budget's KL per token (gates.kl_budget), for KL controllers
 
 
 @dataclass

@@ -77,6 +77,7 @@ def run_settings(cfg: PrefdeskConfig, output_dir: str | Path, *, progress: bool 
         checkpoint_every=cfg.train.checkpoint_every,
         cache_root=home() / "cache" / "refs",
         progress=progress,
+        kl_budget=_kl_budget(cfg),
     )
 
 
@@ -98,6 +99,13 @@ def load_prompts(cfg: PrefdeskConfig, folder: str | Path) -> list[list[Message]]
         raise ValueError(f"data.prompts: no usable prompt in {', '.join(cfg.data.prompts)} "
                          f"(see {Path(folder) / 'prompt_quarantine.jsonl'})")
     return res.prompts
+
+
+def _kl_budget(cfg: PrefdeskConfig) -> float | None:
+    """The tightest upper bound on KL per token among the gates (what an optimizer may spend)."""
+    bounds = [g.bound for g in cfg.gates.values()
+              if g.metric == "drift/kl_per_token" and g.op in ("<=", "<") and g.relative_to == "absolute"]
+    return min(bounds) if bounds else None
 
 
 def train_adapter(
@@ -124,7 +132,8 @@ def train_adapter(
     tracker.set_tags({"prefdesk.optimizer": cls.name, "prefdesk.quantized": str(policy.quantized).lower(),
                       "prefdesk.dtype": str(policy.dtype).replace("torch.", "")})
     judge = None
-    if plugin.needs_of(cls) & {"judge", "reward_model"}:
+    # `wants`: what a plugin uses when the run provides it (rm_ppo: a given reward model instead of training one)
+    if plugin.needs_of(cls) & {"judge", "reward_model"} or (cfg.train.reward_model and "reward_model" in getattr(cls, "wants", ())):
         from prefdesk import judges
 
         name = cfg.train.judge
