@@ -94,6 +94,7 @@ def run_prefdesk(pairs, n_train: int, args) -> dict:
         _, res = fit_reward_model(ctx, params)
         seconds = time.perf_counter() - t
     return {"seconds": seconds, "setup": setup, "pairs_per_s": n_train / seconds, "dtype": str(policy.dtype),
+            "load": os.getloadavg()[0],
             "accuracy": res.metrics["rm/pair_accuracy"], "figures": res.metrics}
 
 
@@ -105,6 +106,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--prefdesk-first", action="store_true",
+                    help="run prefdesk before TRL (on a shared machine, run both orders: load drifts)")
     args = ap.parse_args()
 
     import logging
@@ -122,21 +125,23 @@ def main() -> None:
     print(f"{len(pairs)} HH harmless-base pairs: {len(train)} to train on, {len(held)} held out (by prompt); "
           f"max_length {args.max_length}, batch {args.batch}, one epoch")
 
-    trl = None
+    trl, ours = None, None
+    if args.prefdesk_first:
+        ours = run_prefdesk(pairs, len(train), args)
     if not args.skip_trl:
         trl = run_trl(train, held, args, choose_dtype("auto", torch.device("cpu")))
         print(f"TRL RewardTrainer: {trl['seconds']:.1f} s train ({trl['setup']:.1f} s setup, {trl['dtype']}) "
-              f"-> {trl['pairs_per_s']:.3f} pairs/s; held-out accuracy {trl['accuracy']:.3f}")
-    ours = run_prefdesk(pairs, len(train), args)
+              f"-> {trl['pairs_per_s']:.3f} pairs/s; held-out accuracy {trl['accuracy']:.3f}; "
+              f"load average {os.getloadavg()[0]:.1f}")
+    ours = ours or run_prefdesk(pairs, len(train), args)
     f = ours["figures"]
     print(f"prefdesk reward_model: {ours['seconds']:.1f} s incl. held-out scoring and saving ({ours['setup']:.1f} s "
           f"setup, {ours['dtype']}) -> {ours['pairs_per_s']:.3f} pairs/s; held-out accuracy {ours['accuracy']:.3f} "
           f"(margin {f['rm/margin']:.3f}, reward {f['rm/reward_mean']:.3f} ± {f['rm/reward_std']:.3f}, "
-          f"length correlation {f['rm/length_correlation']:+.3f})")
+          f"length correlation {f['rm/length_correlation']:+.3f}); load average {ours['load']:.1f}")
     if trl:
         print(f"speed-up: {ours['pairs_per_s'] / trl['pairs_per_s']:.2f}x; held-out accuracy prefdesk "
               f"{ours['accuracy']:.3f} vs TRL {trl['accuracy']:.3f} on the same {len(held)} pairs")
-    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

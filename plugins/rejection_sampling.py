@@ -8,8 +8,9 @@ One round, read top to bottom in `RejectionSamplingOptimizer.fit`:
 2. score every sample with the judge: the reward model by default (the run's learned judge
    when it has one, else one trained first on the run's pairs with `fit_reward_model`), or
    the run's configured judge (`judge: run`, e.g. the transparent rubric);
-3. per prompt, the best finished sample (one cut off by the token budget would teach the
-   policy to stop mid-sentence) and the worst sample by score; the pair is kept
+3. per prompt, the best and the worst sample by score among those that finished within the
+   token budget (a cut-off answer would teach stopping mid-sentence, and finished-over-cut-off
+   pairs would be length-skewed by the budget rather than the judge); the pair is kept
    when the best beats the worst by more than `margin` and the judge prefers it in both
    orders (`compare_both_orders`: a position-biased judge keeps nothing it cannot confirm);
 4. the kept pairs go through the data desk (`ctx.checked`): a judge that rewards length
@@ -73,8 +74,9 @@ class RejectionSamplingParams(TrainParams):
         "reward_model", description="reward_model: the run's reward model, else one trained on its pairs first; "
         "run: the run's configured judge (train.judge)")
     reward_model: RewardModelParams = Field(RewardModelParams(), description="when a reward model is trained first")
-    finished_only: bool = Field(True, description="the best answer must have ended within the token budget: "
-                                "tuning on a cut-off answer teaches the policy to stop mid-sentence")
+    finished_only: bool = Field(True, description="both answers of a pair must have ended within the token budget "
+                                "(tuning on a cut-off answer teaches stopping mid-sentence, and finished-vs-cut-off "
+                                "pairs are length-skewed by the budget, not by the judge)")
     measure_after: bool = Field(True, description="sample round one's prompts again after tuning (rs/mean_score_after)")
 
 
@@ -160,9 +162,9 @@ class RejectionSamplingOptimizer:
         best, worst = [], []
         for i in range(len(prompts)):
             rows = range(i * n, (i + 1) * n)
-            finished = [r for r in rows if s.finished[r] or not params.finished_only]
-            best.append(max(finished, key=lambda r: scores[r]) if finished else None)
-            worst.append(min(rows, key=lambda r: scores[r]))
+            ended = [r for r in rows if s.finished[r] or not params.finished_only]
+            best.append(max(ended, key=lambda r: scores[r]) if len(ended) > 1 else None)
+            worst.append(min(ended, key=lambda r: scores[r]) if len(ended) > 1 else None)
         cand = [i for i in range(len(prompts)) if best[i] is not None and scores[best[i]] - scores[worst[i]] > params.margin
                 and s.text[best[i]].strip() != s.text[worst[i]].strip()]
         verdict = compare_both_orders(judge, [prompts[i] for i in cand], [s.text[best[i]] for i in cand],
@@ -177,6 +179,7 @@ class RejectionSamplingOptimizer:
             "rs/kept_fraction": len(keep) / max(len(prompts), 1),
             "rs/kept_score": _mean([scores[best[i]] for i in keep]),
             "rs/mean_score": _mean(scores),
+            "rs/mean_score_finished": _mean(x for x, f in zip(scores, s.finished) if f),  # what the best is picked from
             "rs/distinct_ngrams_before": _mean([distinct_ngrams([s.text[i * n + j] for i in keep]) for j in range(n)]),
             "rs/distinct_ngrams_after": distinct_ngrams([s.text[best[i]] for i in keep]),
             "rs/order_disagreement": verdict.disagreement,
