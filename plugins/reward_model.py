@@ -46,7 +46,7 @@ from pydantic import Field
 from prefdesk.config import Gate
 from prefdesk.context import RunContext
 from prefdesk.engine.checkpoint import Checkpointer
-from prefdesk.engine.logprobs import compute_context, hidden_states
+from prefdesk.engine.logprobs import compute_context, decoder, hidden_states
 from prefdesk.engine.loop import StepInfo, TrainingDiverged, linear_schedule, make_plan, run_key
 from prefdesk.engine.refcache import base_fingerprint
 from prefdesk.engine.tokenize import encode
@@ -75,56 +75,75 @@ class RewardModelParams(TrainParams):
 # -- the sequences the head reads -------------------------------------------------------------
 
 
-def reading_ids(prompt_ids: Sequence[int], answer_ids: Sequence[int], eos_id: int, max_length: int) -> list[int]:
-    """prompt + answer, ending on the end-of-answer token, which is where the head reads.
+def end_answer(answer_ids: Sequence[int], eos_id: int) -> list[int]:
+    """The answer up to and including its first end token, or given one when it has none.
 
-    An answer is cut after its first end token (the chat template may add a newline after
-    it) or, when it has none (sampler output, or an answer truncated for length), given
-    one: the reward model always reads the position it was trained on, and an unfinished
-    sample is judged as if it ended there. Too long: the prompt's start is dropped, never
-    the answer's end.
+    The chat template may add a newline after the end token; sampler output and answers
+    truncated for length have none. Either way the reward model reads the position it was
+    trained on, and an unfinished sample is judged as if it ended there.
     """
     answer = list(answer_ids)
-    answer = answer[: answer.index(eos_id) + 1] if eos_id in answer else answer + [eos_id]
-    return (list(prompt_ids) + answer)[-max_length:]
+    return answer[: answer.index(eos_id) + 1] if eos_id in answer else answer + [eos_id]
 
 
-def answer_length(answer_ids: Sequence[int], eos_id: int) -> int:
-    """Tokens of the answer itself (the end token and what follows it not counted)."""
-    return answer_ids.index(eos_id) if eos_id in answer_ids else len(answer_ids)
+def reading_ids(prompt_ids: Sequence[int], answer_ids: Sequence[int], eos_id: int, max_length: int) -> list[int]:
+    """prompt + answer, ending on the end-of-answer token, which is where the head reads.
+    Too long: the prompt's start is dropped, never the answer's end."""
+    return (list(prompt_ids) + end_answer(answer_ids, eos_id))[-max_length:]
 
 
 @dataclass(frozen=True)
 class RMPair:
+    """A pair as the reward model trains on it: one prompt, two ended answers."""
+
     pair_id: str
-    chosen: list[int]
-    rejected: list[int]
-    chosen_len: int  # answer tokens, for the length calibration
-    rejected_len: int
+    prompt: list[int]
+    chosen_answer: list[int]
+    rejected_answer: list[int]
 
     @property
-    def length(self) -> int:  # the width this pair needs in a batch (the engine's planner reads it)
-        return max(len(self.chosen), len(self.rejected))
+    def chosen(self) -> list[int]:
+        return self.prompt + self.chosen_answer
+
+    @property
+    def rejected(self) -> list[int]:
+        return self.prompt + self.rejected_answer
+
+    @property
+    def lengths(self) -> tuple[int, int]:
+        """Answer tokens of (chosen, rejected), end token not counted: the length calibration's x."""
+        return len(self.chosen_answer) - 1, len(self.rejected_answer) - 1
+
+    @property
+    def length(self) -> int:  # what one pair costs in a batch (the engine's planner buckets by it)
+        return len(self.prompt) + max(len(self.chosen_answer), len(self.rejected_answer))
 
     @property
     def key(self) -> str:
         return self.pair_id + hashlib.sha256(repr((self.chosen, self.rejected)).encode()).hexdigest()[:16]
 
 
-def encode_text(tokenizer, prompt, answer: str, max_length: int) -> tuple[list[int], int]:
-    """(ids the head reads, answer length in tokens) for a text answer."""
+def _split(tokenizer, prompt, answer: str, max_length: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, ended answer ids); the answer is cut to fit as `encode` cuts it."""
     e = encode(tokenizer, prompt, answer, max_length)
-    a = e.input_ids[e.answer_start:]
-    return reading_ids(e.input_ids[: e.answer_start], a, tokenizer.eos_token_id, max_length), \
-        answer_length(a, tokenizer.eos_token_id)
+    full = encode(tokenizer, prompt, answer, 10**9)
+    return full.input_ids[: full.answer_start], end_answer(e.input_ids[e.answer_start:], tokenizer.eos_token_id)
+
+
+def encode_text(tokenizer, prompt, answer: str, max_length: int) -> list[int]:
+    """The ids the head reads for a text answer."""
+    p, a = _split(tokenizer, prompt, answer, max_length)
+    return reading_ids(p, a, tokenizer.eos_token_id, max_length)
 
 
 def encode_rm_pairs(tokenizer, pairs: Sequence["Pair"], max_length: int) -> list[RMPair]:
+    """Both answers share the prompt (cut at its start, for the longer answer, when too long)."""
     out = []
     for p in pairs:
-        c, nc = encode_text(tokenizer, p.prompt, p.chosen, max_length)
-        r, nr = encode_text(tokenizer, p.prompt, p.rejected, max_length)
-        out.append(RMPair(p.id, c, r, nc, nr))
+        prompt, chosen = _split(tokenizer, p.prompt, p.chosen, max_length)
+        _, rejected = _split(tokenizer, p.prompt, p.rejected, max_length)
+        keep = max(max_length - max(len(chosen), len(rejected)), 0)
+        out.append(RMPair(p.id, prompt[len(prompt) - keep:], chosen, rejected))
     return out
 
 
@@ -142,6 +161,38 @@ def rewards(policy: "Policy", head: torch.nn.Linear, ids: torch.Tensor, lengths:
     with policy.use(ADAPTER), compute_context(policy.model, policy.dtype, policy.device.type):
         h = hidden_states(policy.model, ids, None)
     last = h[torch.arange(ids.shape[0], device=h.device), lengths.to(h.device) - 1]
+    return head(last.float()).squeeze(-1)
+
+
+def pair_rewards(policy: "Policy", head: torch.nn.Linear, items: Sequence[RMPair], pad_id: int) -> torch.Tensor:
+    """[2B] rewards (chosen rows, then rejected), the shared prompt run once per pair.
+
+    The prompt goes through the decoder once, left-padded, keeping its keys and values;
+    both answers then run on top of that cache (with grad through it: the reward adapter
+    acts on the prompt too). On HH-style data the prompt is over a third of a pair's
+    tokens, which the usual concatenated chosen + rejected forward computes twice.
+    """
+    dev, b = policy.device, len(items)
+    width = max(len(e.prompt) for e in items)
+    p_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    p_mask = torch.zeros_like(p_ids)
+    for i, e in enumerate(items):
+        if e.prompt:
+            p_ids[i, width - len(e.prompt):] = torch.tensor(e.prompt)
+            p_mask[i, width - len(e.prompt):] = 1
+    a_ids, a_len = right_pad([e.chosen_answer for e in items] + [e.rejected_answer for e in items], pad_id)
+    a_mask = (torch.arange(a_ids.shape[1])[None] < a_len[:, None]).long()
+    p_ids, p_mask, a_ids, a_mask = p_ids.to(dev), p_mask.to(dev), a_ids.to(dev), a_mask.to(dev)
+    rows = torch.arange(b, device=dev).repeat(2)
+    with policy.use(ADAPTER), compute_context(policy.model, policy.dtype, dev.type):
+        stack = decoder(policy.model)
+        cache = stack(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+                      use_cache=True).past_key_values
+        cache.batch_select_indices(rows)
+        pos = p_mask.sum(-1)[rows, None] + torch.arange(a_ids.shape[1], device=dev)[None]
+        h = stack(input_ids=a_ids, attention_mask=torch.cat([p_mask[rows], a_mask], 1), position_ids=pos,
+                  past_key_values=cache, use_cache=True).last_hidden_state
+    last = h[torch.arange(2 * b, device=dev), a_len.to(dev) - 1]
     return head(last.float()).squeeze(-1)
 
 
@@ -195,7 +246,7 @@ class RewardModelJudge(ScoreJudge):
         return out
 
     def score(self, prompts, answers, **_: Any) -> list[float]:
-        rows = [encode_text(self.policy.tokenizer, p, a, self.max_length)[0] for p, a in zip(prompts, answers)]
+        rows = [encode_text(self.policy.tokenizer, p, a, self.max_length) for p, a in zip(prompts, answers)]
         return self._score_rows(rows).tolist()
 
     def compare(self, prompts, first, second, **_: Any) -> list[float]:
@@ -352,10 +403,8 @@ def fit_reward_model(ctx: RunContext, params: RewardModelParams, *,
         micro = plan.micro_batches(step, 0)
         acc: dict[str, float] = defaultdict(float)
         for idx in micro:
-            items = [encoded[i] for i in idx]
-            ids, lengths = right_pad([e.chosen for e in items] + [e.rejected for e in items], tok.pad_token_id)
-            r = rewards(policy, head, ids.to(policy.device), lengths)
-            rc, rr = r[: len(items)], r[len(items):]
+            r = pair_rewards(policy, head, [encoded[i] for i in idx], tok.pad_token_id)
+            rc, rr = r[: len(idx)], r[len(idx):]
             loss = -F.logsigmoid(rc - rr).mean() + params.center_rewards * ((rc + rr) ** 2).mean()
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -445,7 +494,7 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 def heldout_figures(judge: RewardModelJudge, held: Sequence[RMPair]) -> dict[str, float]:
     r = judge._score_rows([e.chosen for e in held] + [e.rejected for e in held])
     rc, rr = r[: len(held)], r[len(held):]
-    lengths = torch.tensor([e.chosen_len for e in held] + [e.rejected_len for e in held], dtype=torch.float64)
+    lengths = torch.tensor([e.lengths[0] for e in held] + [e.lengths[1] for e in held], dtype=torch.float64)
     return {
         "rm/pair_accuracy": float(((rc > rr).float() + 0.5 * (rc == rr).float()).mean()),
         "rm/reward_mean": float(r.mean()),

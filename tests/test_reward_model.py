@@ -105,6 +105,23 @@ def test_score_ids_reads_sampler_output_with_or_without_its_end_token(tiny_polic
     assert reading_ids([7, 8], [5, 6], eos, 3) == [5, 6, eos]  # too long: the prompt's start goes
 
 
+def test_the_shared_prompt_forward_gives_the_plain_rewards(tiny_policy, run_ctx):
+    """Training runs each prompt once for both answers; the judge scores whole rows: the same numbers."""
+    from plugins.reward_model import encode_rm_pairs, pair_rewards
+
+    policy = tiny_policy()
+    judge, _ = train_rm(run_ctx, policy, calm_vs_shouting(16), epochs=1)
+    pairs = calm_vs_shouting(72)[::9]  # prompts of three lengths
+    items = encode_rm_pairs(policy.tokenizer, pairs, 128)
+    assert len({len(e.prompt) for e in items}) > 1
+    with torch.no_grad():
+        shared = pair_rewards(policy, judge.head, items, judge.pad_id)
+    plain = judge._score_rows([e.chosen for e in items] + [e.rejected for e in items])
+    torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-4)
+    short = encode_rm_pairs(policy.tokenizer, pairs[:1], 24)[0]  # too long: both answers keep the same prompt end
+    assert len(short.chosen) <= 24 and len(short.rejected) <= 24 and short.chosen_answer[-1] == judge.eos_id
+
+
 def test_saved_reward_model_loads_onto_a_fresh_policy_and_refuses_another_base(tiny_policy, run_ctx, tmp_path):
     policy = tiny_policy()
     judge, result = train_rm(run_ctx, policy, calm_vs_shouting(16), epochs=1)
