@@ -16,7 +16,7 @@ SECRET="s3cr3t-$$"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$TREE"
 mkdir -p "$WORK"
 TINY=(--set model.name=tiny --set model.dtype=fp32 --set train.params.max_steps=2 --set train.params.batch_size=2
-      --set train.params.progress=false --set data.limit=8 --set eval.max_new_tokens=4 --set eval.max_prompts=2)
+      --set data.limit=8 --set eval.max_new_tokens=4 --set eval.max_prompts=2)
 
 PD=("$PY" -m prefdesk.cli)
 

@@ -118,6 +118,10 @@ class RMPair:
     def length(self) -> int:  # what one pair costs in a batch (the engine's planner buckets by it)
         return len(self.prompt) + max(len(self.chosen_answer), len(self.rejected_answer))
 
+    def width(self, shared: bool = True) -> int:
+        """The planner's sort key; `pair_rewards` always runs the prompt once, so `shared` is moot."""
+        return self.length
+
     @property
     def key(self) -> str:
         return self.pair_id + hashlib.sha256(repr((self.chosen, self.rejected)).encode()).hexdigest()[:16]
@@ -543,20 +547,14 @@ def register_reward_model(run_id: str, folder: str | Path, *, model_name: str = 
     and the `reward_model` judge load by default) only when its held-out figures pass
     `reward_gates()`. The verdicts are kept as version tags, as for the policy.
     """
-    from mlflow.exceptions import MlflowException
-
     from prefdesk.gates import evaluate_gates
-    from prefdesk.registry import register_candidate
-    from prefdesk.tracking import Tracker, client
+    from prefdesk.registry import register_artifact
+    from prefdesk.tracking import Tracker
 
     meta = json.loads((Path(folder) / META_FILE).read_text())
-    c = client()
-    try:
-        c.get_registered_model(model_name)
-    except MlflowException:
-        c.create_registered_model(model_name, description="prefdesk reward models (LoRA adapter + scalar head on the "
-                                  "base); `champion` passed the held-out accuracy and length-calibration gates.")
     Tracker(run_id).log_artifact(str(folder), "reward_model")
     report = evaluate_gates(gates or reward_gates(), meta["figures"])
-    return register_candidate(run_id, "reward_model", model_name, report, promote)
+    return register_artifact(run_id, "reward_model", model_name, report, promote,
+                             description="prefdesk reward models (LoRA adapter + scalar head on the base); `champion` "
+                                         "passed the held-out accuracy and length-calibration gates.")
 

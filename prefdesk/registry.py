@@ -84,22 +84,46 @@ def register_candidate(run_id: str, adapter: str | Path, model_name: str, gates:
         portable = portable_adapter(adapter, Path(tmp) / ADAPTER, facts)
         Tracker(run_id).log_artifact(str(portable), ADAPTER)
         info = log_policy_model(run_id, portable, facts)
+    mv = _new_version(c, model_name, info.model_uri, run_id, gates, promote,
+                      {"base": base.name, "base_sha256": base.sha256}, model_id=info.model_id)
+    _link_logged_model(c, info.model_id, model_name, mv.version)
+    return Registration(model_name, mv.version, mv.promoted, mv.aliases, model_uri=info.model_uri)
+
+
+def register_artifact(run_id: str, artifact_path: str, model_name: str, gates: GateReport, promote: bool,
+                      description: str = "") -> Registration:
+    """A run artifact (e.g. a reward model folder) as a new version of its own registered
+    model, with the same alias rules and gate tags as a policy."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        c.get_registered_model(model_name)
+    except MlflowException:
+        c.create_registered_model(model_name, description=description)
+    source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    mv = _new_version(c, model_name, source, run_id, gates, promote, {})
+    return Registration(model_name, mv.version, mv.promoted, mv.aliases)
+
+
+def _new_version(c, model_name: str, source: str, run_id: str, gates: GateReport, promote: bool,
+                 extra_tags: dict[str, str], model_id: str | None = None) -> Registration:
+    """Create the version with the gate verdicts as tags; `challenger` always, `champion` only
+    when every gate passed."""
     tags = {"gate_all": "1" if gates.passed else "0", "suspected_reward_hacking": str(gates.suspected_reward_hacking).lower(),
-            "base": base.name, "base_sha256": base.sha256}
+            **extra_tags}
     for r in gates.results:
         tags[f"gate.{r.name}"] = ("pass: " if r.passed else "FAIL: ") + r.reason
     if gates.notes:
         tags["notes"] = " | ".join(gates.notes)
-    mv = c.create_model_version(model_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id,
+    kwargs = {"model_id": model_id} if model_id else {}
+    mv = c.create_model_version(model_name, source=source, run_id=run_id, tags=tags, **kwargs,
                                 description="gates passed" if gates.passed else "gates failed: " + ", ".join(r.name for r in gates.failed))
-    _link_logged_model(c, info.model_id, model_name, str(mv.version))
     c.set_registered_model_alias(model_name, CHALLENGER, mv.version)
-    promoted = False
-    if gates.passed and promote:
+    promoted = bool(gates.passed and promote)
+    if promoted:
         c.set_registered_model_alias(model_name, CHAMPION, mv.version)
-        promoted = True
-    aliases = [CHALLENGER] + ([CHAMPION] if promoted else [])
-    return Registration(model_name, str(mv.version), promoted, aliases, model_uri=info.model_uri)
+    return Registration(model_name, str(mv.version), promoted, [CHALLENGER] + ([CHAMPION] if promoted else []))
 
 
 def _link_logged_model(c, model_id: str, model_name: str, version: str) -> None:

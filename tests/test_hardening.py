@@ -283,7 +283,7 @@ def test_tracked_run_ends_killed_on_ctrl_c_and_failed_on_error(tmp_path, monkeyp
 
 def test_six_concurrent_promotions_leave_one_consistent_champion(tmp_path, monkeypatch):
     from prefdesk.gates import GateReport, GateResult
-    from prefdesk.registry import CHAMPION, alias_version, register_candidate
+    from prefdesk.registry import CHAMPION, alias_version, register_artifact
     from prefdesk.tracking import client, end_run, start_run
 
     home = tmp_path / "home"
@@ -293,7 +293,7 @@ def test_six_concurrent_promotions_leave_one_consistent_champion(tmp_path, monke
     for _ in range(6):
         run = start_run("t")
         end_run(run)
-        register_candidate(run, "adapter", "m", ok, promote=False)
+        register_artifact(run, "adapter", "m", ok, promote=False)
     procs = [_cli("promote", str(v), "--model", "m", env=_env(home)) for v in range(1, 7)]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, results
@@ -327,7 +327,7 @@ def test_sigterm_while_waiting_on_the_tracking_server_ends_at_once(tmp_path):
 
 
 TINY = ["--set", "model.name=tiny", "--set", "model.dtype=fp32", "--set", "train.params.batch_size=2",
-        "--set", "train.params.progress=false", "--set", "data.limit=8", "--set", "eval.max_new_tokens=4",
+        "--set", "data.limit=8", "--set", "eval.max_new_tokens=4",
         "--set", "eval.max_prompts=2", "--set", "registry.model_name=tiny-policy"]
 
 

@@ -131,8 +131,11 @@ def test_saved_reward_model_loads_onto_a_fresh_policy_and_refuses_another_base(t
     loaded = RewardModelJudge.build(policy=fresh, source=result.artifacts["reward_model"])
     assert loaded.score([p.prompt for p in pairs], [p.chosen for p in pairs]) == pytest.approx(want, abs=1e-5)
     assert not any(p.requires_grad for n, p in fresh.model.named_parameters() if f".{ADAPTER}." in n)
+    other = tiny_policy()  # another base: the same shapes, other weights
+    with torch.no_grad():
+        other.model.get_base_model().model.embed_tokens.weight.mul_(1.01)
     with pytest.raises(JudgeError, match="another base model"):
-        RewardModelJudge.build(policy=tiny_policy(seed=1), source=result.artifacts["reward_model"])
+        RewardModelJudge.build(policy=other, source=result.artifacts["reward_model"])
     with pytest.raises(JudgeError, match="does not exist"):
         RewardModelJudge.build(policy=fresh, source=tmp_path / "nowhere")
 

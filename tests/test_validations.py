@@ -222,6 +222,10 @@ def test_fleiss_kappa_hand_computed():
     assert st["mean_agreement"] == pytest.approx((1 + 2 / 3 + 1) / 3, abs=1e-3)
 
 
+# 1/2 = which response won, 0 = tie: one of the codings that must be stated, never guessed
+JUDGED = DataSettings(label_map="1=first,2=second,0=tie")
+
+
 def _judged(i, labels, r1=None, r2=None):
     d = {"instruction": f"Task {i}", "response1": r1 or f"first answer {i}", "response2": r2 or f"second reply {i}"}
     d.update({f"annotator{k + 1}": v for k, v in enumerate(labels)})
@@ -232,7 +236,7 @@ def test_agreement_and_low_agreement(tmp_path):
     rows = [_judged(i, [1, 1, 1] if i % 2 else [2, 2, 2]) for i in range(30)]
     rows += [_judged(100, [1, 1, 2]), _judged(101, [0, 1, 2]), _judged(102, [1, 1, 2, 2, 0]),
              _judged(103, [1, 2, 2, 0, 0, 1, 1])]
-    rep = desk(tmp_path, rows, data_docs=False)
+    rep = desk(tmp_path, rows, JUDGED, data_docs=False)
     ag = rep.check("agreement")
     assert ag.passed and ag.figures["items"] == 34 and ag.figure > 0.7
     # [1,1,2]: agreement 0.67 kept; [0,1,2] and [1,1,2,2,0] no majority -> tie;
@@ -240,11 +244,11 @@ def test_agreement_and_low_agreement(tmp_path):
     lc = rep.check("label_consistency")
     assert lc.figures["ties"] == 2 and lc.figures["low_agreement"] == 1
     assert rep.quarantine_reasons == {"tie": 2, "low agreement": 1}
-    keep = desk(tmp_path, rows, DataSettings(low_agreement="keep"), data_docs=False)
+    keep = desk(tmp_path, rows, JUDGED.model_copy(update={"low_agreement": "keep"}), data_docs=False)
     assert keep.quarantine_reasons == {"tie": 2}
     # disagreeing annotators fail the kappa gate
     noisy = [_judged(i, [1, 2, 1] if i % 2 else [2, 1, 2]) for i in range(30)]
-    assert not desk(tmp_path, noisy, data_docs=False).check("agreement").passed
+    assert not desk(tmp_path, noisy, JUDGED, data_docs=False).check("agreement").passed
 
 
 def test_quarantined_share_gate(tmp_path):
@@ -287,7 +291,7 @@ def test_real_data_desk(tmp_path, rel, rows):
 def test_ties_are_quarantined_but_not_counted_as_defects(tmp_path):
     # 30% ties: every tie row is quarantined (a tie is no pair), yet the input is not broken
     rows = [_judged(i, [0, 0, 0] if i < 9 else [1, 1, 1]) for i in range(30)]
-    rep = desk(tmp_path, rows, data_docs=False)
+    rep = desk(tmp_path, rows, JUDGED, data_docs=False)
     assert rep.quarantine_reasons == {"tie": 9} and rep.accepted == 21
     share = rep.check("quarantined_share")
     assert share.passed and share.figure == 0.0 and "9 ties" in share.reason

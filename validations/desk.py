@@ -200,7 +200,7 @@ def run_data_desk(paths: list[str], settings: DataSettings, out_dir: str | Path,
     seconds: dict[str, float] = {}
     th = settings.checks
 
-    read = read_pairs(list(paths), settings.format, settings.columns or None)
+    read = read_pairs(list(paths), settings.format, settings.columns or None, label_map=settings.label_map or None)
     pairs = read.pairs
     seconds["read"] = time.perf_counter() - t0
 
