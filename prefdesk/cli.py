@@ -420,20 +420,13 @@ def train(
     with tracked_run(cfg.registry.experiment, f"train-{optimizer}", tags={"prefdesk.kind": "train"},
                      params=cfg.flatten()) as tracker:
         from prefdesk.training import load_prompts
+        from tasks.train import record_training
         from validations.generated import desk_for_generated
 
         folder = home() / "train" / tracker.run_id
         res = train_adapter(cfg, pairs, folder, tracker, prompts=load_prompts(cfg, folder / "data"),
                             check_pairs=desk_for_generated(cfg, tracker, folder / "data"))
-        tracker.log_metrics(res.gated)
-        for name, path in res.artifacts.items():
-            if name == "reward_model":  # PPO, rejection sampling and the judge load it from the registry
-                from plugins.reward_model import register_reward_model
-
-                reg = register_reward_model(tracker.run_id, path)
-                err.print(f"reward model registered: {reg.model_name} version {reg.version} ({', '.join(reg.aliases)})")
-            else:
-                tracker.log_artifact(path, name)
+        record_training(res, tracker, folder, log_adapter=True)
     run_id = tracker.run_id
     summary = {"optimizer": optimizer, "pairs": len(pairs), "quarantined": len(result.quarantined), "steps": res.steps,
                "artifacts": res.artifacts, "run_id": run_id, "metrics": {**res.metrics, **res.gated}}
