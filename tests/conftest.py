@@ -17,6 +17,30 @@ def prefdesk_env(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="module")
+def harness():
+    """A real Prefect API (temporary SQLite server) for the flows of one test module."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def state_home(tmp_path_factory):
+    """A PREFDESK_HOME of its own (MLflow store, registry, runs) for one test module."""
+    import os
+
+    home = tmp_path_factory.mktemp("prefdesk-home")
+    old = os.environ.get("PREFDESK_HOME")
+    os.environ["PREFDESK_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("PREFDESK_HOME")
+    else:
+        os.environ["PREFDESK_HOME"] = old
+
+
 @pytest.fixture
 def tiny_policy():
     """`tiny_policy(**model_settings)` -> a fresh random tiny Llama policy (SmolLM2 tokenizer).

@@ -25,28 +25,6 @@ LENIENT = [f"gates.{g}=null" for g in ("moved", "length_inflation", "length_coll
                                         "under_refusal", "factuality", "pair_accuracy", "win_rate")] + ["gates.kl_budget.bound=100"]
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
-def state_home(tmp_path_factory):
-    import os
-
-    home = tmp_path_factory.mktemp("prefdesk-home")
-    old = os.environ.get("PREFDESK_HOME")
-    os.environ["PREFDESK_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("PREFDESK_HOME")
-    else:
-        os.environ["PREFDESK_HOME"] = old
-
-
 def test_failed_gate_registers_challenger_only(harness, state_home):
     from flows.nightly import nightly
 

@@ -104,28 +104,6 @@ def talker(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
-def state_home(tmp_path_factory):
-    import os
-
-    home = tmp_path_factory.mktemp("prefdesk-home")
-    old = os.environ.get("PREFDESK_HOME")
-    os.environ["PREFDESK_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("PREFDESK_HOME")
-    else:
-        os.environ["PREFDESK_HOME"] = old
-
-
 def write_scenario(folder: Path, pair) -> tuple[Path, Path]:
     """(training pairs file, eval folder) for a pair-maker `pair(topic, j) -> (chosen, rejected)`:
     three distinct pairs per training topic, one per held-out topic."""
