@@ -1,0 +1,138 @@
+"""The nightly deployment on a real Prefect server on loopback (never the temporary one, which
+schedules nothing): `prefect deploy --all` takes deployments/prefect.yaml as written, and
+`prefdesk serve` serves the same deployment and runs what the API asks of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from prefdesk.cli import nightly_deployment
+from prefdesk.lifecycle import free_port, wait_http
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.name=tiny", "model.dtype=fp32", "train.params.max_steps=2", "train.params.batch_size=2", "data.limit=8",
+        "eval.max_new_tokens=4", "eval.max_prompts=2", "eval.batch_size=4", "registry.model_name=serve-policy"]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="servers as child processes and signals")
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: no Prefect/MLflow settings of the caller, state under `tmp`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    env.update(PREFDESK_HOME=str(tmp / "home"), PREFECT_HOME=str(tmp / "prefect"), HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(ROOT), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
+               TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+def api(url: str, path: str, body: dict | None = None) -> dict | list:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, method="GET" if body is None else "POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on a free loopback port, its PREFECT_HOME in tmp."""
+    tmp = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = _env(tmp)
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/health", proc, 180)
+        yield f"http://127.0.0.1:{port}/api", env
+    finally:
+        _stop(proc)
+
+
+def test_prefect_yaml_deploys_as_written(prefect_server):
+    url, env = prefect_server
+    env = {**env, "PREFECT_API_URL": url}
+    # The steps of the YAML's own header: the pool, then `prefect deploy --all`.
+    subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "prefdesk", "--type", "process"],
+                   env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+                          "--prefect-file", "deployments/prefect.yaml"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    spec = nightly_deployment()
+    dep = api(url, f"/deployments/name/prefdesk-nightly/{spec['name']}")
+    assert dep["entrypoint"] == "flows/nightly.py:nightly" and dep["work_pool_name"] == "prefdesk"
+    [sched] = dep["schedules"]
+    assert (sched["schedule"]["cron"], sched["schedule"]["timezone"], sched["active"]) == ("0 2 * * *", "UTC", True)
+    assert dep["global_concurrency_limit"]["limit"] == 1
+    assert dep["parameters"] == {"config_path": None, "overrides": []}
+    assert dep["job_variables"]["env"]["HF_HUB_OFFLINE"] == "1"
+    # the scheduler has put the next nights on the calendar
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        runs = api(url, "/flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}},
+                                              "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        if runs:
+            break
+        time.sleep(2)
+    assert runs and all(r["expected_start_time"][11:16] == "02:00" for r in runs)
+
+
+def test_serve_starts_a_real_server_serves_the_yaml_deployment_and_runs_it(tmp_path):
+    """`prefdesk serve` with no PREFECT_API_URL: its own server (with a scheduler), the YAML's
+    deployment, and a run asked through the API finishes."""
+    port = free_port()
+    env = _env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "prefdesk.cli", "serve", "--prefect-port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{url}/health", proc, 180)
+        spec = nightly_deployment()
+        deadline, dep = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                dep = api(url, f"/deployments/name/prefdesk-nightly/{spec['name']}")
+                break
+            except urllib.error.HTTPError:
+                time.sleep(1)
+        assert dep is not None, "prefdesk serve created no deployment"
+        [sched] = dep["schedules"]
+        assert (sched["schedule"]["cron"], sched["schedule"]["timezone"]) == (spec["cron"], spec["timezone"])
+        assert dep["global_concurrency_limit"]["limit"] == spec["concurrency_limit"] == 1
+
+        run = api(url, f"/deployments/{dep['id']}/create_flow_run", {"parameters": {"overrides": TINY}})
+        deadline, state = time.monotonic() + 420, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = api(url, f"/flow_runs/{run['id']}")["state"]
+            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+        assert state and state["type"] == "COMPLETED", state
+        runs = list((tmp_path / "home" / "runs").glob("*/summary.json"))
+        assert runs and json.loads(runs[0].read_text())["flow_run_id"] == run["id"]
+    finally:
+        _stop(proc)
+        print(proc.stdout.read()[-3000:] if proc.stdout else "")
+    assert proc.returncode is not None
+    with pytest.raises(OSError):  # the server it started is gone with it
+        urllib.request.urlopen(f"{url}/health", timeout=5)
