@@ -146,3 +146,27 @@ def test_accelerate_launch_two_processes_train_to_the_loss_of_one(tmp_path):
     assert one["loss_curve"][-1] < one["loss_curve"][0] - 1e-3, "the tiny model did not learn: nothing to compare"
     for step, (a, b) in enumerate(zip(one["loss_curve"], two["loss_curve"]), 1):
         assert abs(a - b) <= LOSS_TOLERANCE, f"step {step}: one process {a}, two processes {b}"
+
+
+# --- the cluster files are consistent -------------------------------------------------------------
+
+def test_gpu_job_template_declares_every_variable_the_deployment_and_template_use():
+    import re
+
+    import yaml
+
+    from prefdesk.config import load_config
+
+    template = json.loads((ROOT / "deployments" / "k8s-gpu-job-template.json").read_text())
+    declared = set(template["variables"]["properties"])
+    used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template["job_configuration"])))
+    assert used <= declared, f"placeholders without a variable: {sorted(used - declared)}"
+    assert "nvidia.com/gpu" in json.dumps(template["job_configuration"]["job_manifest"])
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect-k8s-gpu.yaml").read_text())
+    [dep] = spec["deployments"]
+    assert set(dep["work_pool"]["job_variables"]) <= declared
+    assert dep["entrypoint"] == "flows/nightly.py:nightly"
+    # the GPU config parses and asks for QLoRA; its path inside the image is the repository's
+    assert dep["parameters"]["config_path"] == "/opt/prefdesk/deployments/gpu.yaml"
+    cfg = load_config(ROOT / "deployments" / "gpu.yaml", [], check=False)
+    assert (cfg.model.quantization, cfg.model.dtype) == ("4bit", "bf16")
