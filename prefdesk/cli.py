@@ -553,6 +553,19 @@ def prefect_server_command(port: int) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env
 
 
+def _check_port_free(port: int) -> None:
+    """A taken port is named at once (often `prefdesk ui`'s own server), not as a server that died."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is not taken
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise ValueError(f"port {port} on 127.0.0.1 is taken: if it is `prefdesk ui`'s Prefect server, "
+                             f"export PREFECT_API_URL=http://127.0.0.1:{port}/api; else choose --prefect-port") from None
+
+
 @contextmanager
 def _prefect_server(port: int):
     """The configured Prefect API (PREFECT_API_URL), else a real server on `port` that lives and dies
@@ -564,6 +577,7 @@ def _prefect_server(port: int):
     if PREFECT_API_URL.value():
         yield PREFECT_API_URL.value()
         return
+    _check_port_free(port)
     argv, env = prefect_server_command(port)
     with children(spawn(argv, env)) as (proc,):
         api = f"http://127.0.0.1:{port}/api"

@@ -136,3 +136,18 @@ def test_serve_starts_a_real_server_serves_the_yaml_deployment_and_runs_it(tmp_p
     assert proc.returncode is not None
     with pytest.raises(OSError):  # the server it started is gone with it
         urllib.request.urlopen(f"{url}/health", timeout=5)
+
+
+def test_serve_names_a_taken_port_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "prefdesk.cli", "serve", "--prefect-port", str(port)], env=_env(tmp_path),
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: port {port} on 127.0.0.1 is taken: if it is `prefdesk ui`'s Prefect server, "
+        f"export PREFECT_API_URL=http://127.0.0.1:{port}/api; else choose --prefect-port")
