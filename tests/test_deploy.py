@@ -151,3 +151,20 @@ def test_serve_names_a_taken_port_in_one_line(tmp_path):
     assert res.stderr.strip().splitlines()[-1] == (
         f"error: port {port} on 127.0.0.1 is taken: if it is `prefdesk ui`'s Prefect server, "
         f"export PREFECT_API_URL=http://127.0.0.1:{port}/api; else choose --prefect-port")
+
+
+def test_gpu_pool_template_and_k8s_deployment_are_accepted_by_the_server(prefect_server):
+    """The Kubernetes GPU pool (deployments/k8s-gpu-job-template.json) as the server takes it,
+    and deployments/prefect-k8s-gpu.yaml deployed to it: the server checks the job variables
+    against the template's schema. No cluster: nothing runs."""
+    url, env = prefect_server
+    env = {**env, "PREFECT_API_URL": url}
+    template = json.loads((ROOT / "deployments" / "k8s-gpu-job-template.json").read_text())
+    api(url, "/work_pools/", {"name": "prefdesk-gpu", "type": "kubernetes", "base_job_template": template})
+    res = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+                          "--prefect-file", "deployments/prefect-k8s-gpu.yaml"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    dep = api(url, "/deployments/name/prefdesk-nightly/nightly-gpu")
+    assert dep["work_pool_name"] == "prefdesk-gpu" and dep["job_variables"]["gpus"] == 4
+    assert dep["schedules"][0]["schedule"]["cron"] == nightly_deployment()["cron"]
