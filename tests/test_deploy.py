@@ -67,17 +67,22 @@ def prefect_server(tmp_path_factory):
         _stop(proc)
 
 
-def test_prefect_yaml_deploys_as_written(prefect_server):
+@pytest.fixture(scope="module")
+def deployed(prefect_server):
+    """deployments/prefect.yaml deployed as its header says: the pool, then `prefect deploy --all`."""
     url, env = prefect_server
     env = {**env, "PREFECT_API_URL": url}
-    # The steps of the YAML's own header: the pool, then `prefect deploy --all`.
     subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "prefdesk", "--type", "process"],
                    env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
     res = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
                           "--prefect-file", "deployments/prefect.yaml"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return url, env
 
+
+def test_prefect_yaml_deploys_as_written(deployed):
+    url, env = deployed
     spec = nightly_deployment()
     dep = api(url, f"/deployments/name/prefdesk-nightly/{spec['name']}")
     assert dep["entrypoint"] == "flows/nightly.py:nightly" and dep["work_pool_name"] == "prefdesk"
@@ -95,6 +100,21 @@ def test_prefect_yaml_deploys_as_written(prefect_server):
             break
         time.sleep(2)
     assert runs and all(r["expected_start_time"][11:16] == "02:00" for r in runs)
+
+
+def test_a_process_worker_runs_the_deployed_yaml_from_prefdesk_repo(deployed, tmp_path):
+    """The YAML's pull step and entrypoint work: a worker of the pool, in another folder,
+    with PREFDESK_REPO naming the repository, runs a flow run asked through the API."""
+    url, env = deployed
+    dep = api(url, f"/deployments/name/prefdesk-nightly/{nightly_deployment()['name']}")
+    run = api(url, f"/deployments/{dep['id']}/create_flow_run", {"parameters": {"overrides": TINY}})
+    worker_env = {**env, "PREFDESK_REPO": str(ROOT), "PREFDESK_HOME": str(tmp_path / "home")}
+    res = subprocess.run([sys.executable, "-m", "prefect", "worker", "start", "--pool", "prefdesk", "--run-once"],
+                         env=worker_env, cwd=tmp_path, capture_output=True, text=True, timeout=420)
+    state = api(url, f"/flow_runs/{run['id']}")["state"]
+    assert state["type"] == "COMPLETED", (state, res.stdout[-3000:], res.stderr[-3000:])
+    [summary] = (tmp_path / "home" / "runs").glob("*/summary.json")
+    assert json.loads(summary.read_text())["flow_run_id"] == run["id"]
 
 
 def test_serve_starts_a_real_server_serves_the_yaml_deployment_and_runs_it(tmp_path):
