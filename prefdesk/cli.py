@@ -518,19 +518,93 @@ def plugins(json_: bool = JsonOpt) -> None:
             out.print(f"    {k}: {p['type']} = {p['default']!r}")
 
 
+DEPLOYMENT_FILE = Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml"
+
+
+def nightly_deployment(path: Path = DEPLOYMENT_FILE) -> dict[str, Any]:
+    """The nightly deployment as `deployments/prefect.yaml` declares it (name, cron, time zone,
+    concurrency limit, parameters): `prefdesk serve` serves that one, not a second definition."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(path.read_text())
+        dep = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":nightly"))
+        sched = dep["schedules"][0]
+    except (OSError, yaml.YAMLError, KeyError, IndexError, StopIteration, TypeError) as exc:
+        raise ValueError(f"{path}: no nightly deployment with a schedule in it ({type(exc).__name__}: {exc})") from None
+    return {"name": dep["name"], "cron": sched["cron"], "timezone": sched.get("timezone", "UTC"),
+            "concurrency_limit": dep.get("concurrency_limit"), "description": dep.get("description"),
+            "parameters": dict(dep.get("parameters") or {})}
+
+
+def prefect_server_command(port: int) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of a real Prefect server on loopback: with its scheduler and its UI,
+    the UI told its API's port (it assumes 4200 otherwise)."""
+    env = {**os.environ, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+    env.pop("PREFECT_API_URL", None)  # the UI talks to this server, not one set for clients
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env
+
+
+def _check_port_free(port: int) -> None:
+    """A taken port is named at once (often `prefdesk ui`'s own server), not as a server that died."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is not taken
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise ValueError(f"port {port} on 127.0.0.1 is taken: if it is `prefdesk ui`'s Prefect server, "
+                             f"export PREFECT_API_URL=http://127.0.0.1:{port}/api; else choose --prefect-port") from None
+
+
+@contextmanager
+def _prefect_server(port: int):
+    """The configured Prefect API (PREFECT_API_URL), else a real server on `port` that lives and dies
+    with this process. Never the temporary one of `prefdesk run`: that one runs no scheduler."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    from prefdesk.lifecycle import children, spawn, wait_http
+
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    _check_port_free(port)
+    argv, env = prefect_server_command(port)
+    with children(spawn(argv, env)) as (proc,):
+        api = f"http://127.0.0.1:{port}/api"
+        wait_http(f"{api}/health", proc, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+        os.environ["PREFECT_API_URL"] = api  # the runner's flow-run processes inherit it
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api}):
+                yield api
+        finally:
+            _drain_prefect_clients()
+            os.environ.pop("PREFECT_API_URL", None)
+
+
 @app.command()
 @_guarded
-def serve(cron: str = typer.Option("0 2 * * *", help="schedule (cron, server time zone)"),
-          config: Optional[Path] = ConfigOpt) -> None:
-    """Serve the nightly deployment on its schedule (on `prefdesk ui`'s Prefect server when PREFECT_API_URL names it)."""
+def serve(cron: Optional[str] = typer.Option(None, help="schedule (cron) instead of deployments/prefect.yaml's"),
+          config: Optional[Path] = ConfigOpt,
+          prefect_port: int = typer.Option(4200, min=1, max=65535,
+                                           help="port of the Prefect server started when PREFECT_API_URL names none")) -> None:
+    """Serve the nightly deployment of deployments/prefect.yaml on its schedule, without a work pool:
+    on the Prefect server PREFECT_API_URL names (`prefdesk ui`'s), else on one it starts on loopback."""
     _prepare_env()
     _config(config, [], store=True)
-    params = {"config_path": str(config.resolve())} if config else {}
-    with _prefect_api():  # with no PREFECT_API_URL, a server that lives and dies with this process
+    spec = nightly_deployment()
+    params = {**spec["parameters"], **({"config_path": str(config.resolve())} if config else {})}
+    with _prefect_server(prefect_port) as api:
+        from prefect.schedules import Cron
+
         from flows.nightly import nightly
 
         _quiet_logs()
-        nightly.serve(name="prefdesk-nightly", cron=cron, parameters=params)
+        out.print(f"serving {nightly.name}/{spec['name']} ({cron or spec['cron']}, {spec['timezone']}) on {api}")
+        nightly.serve(name=spec["name"], schedules=[Cron(cron or spec["cron"], timezone=spec["timezone"])],
+                      global_limit=spec["concurrency_limit"], parameters=params, description=spec["description"])
 
 
 def ui_commands(prefect_port: int, mlflow_port: int) -> list[tuple[list[str], dict[str, str]]]:
@@ -538,11 +612,7 @@ def ui_commands(prefect_port: int, mlflow_port: int) -> list[tuple[list[str], di
     line that `ps` shows; the Prefect UI is told its API's port (it assumes 4200 otherwise)."""
     from prefdesk.tracking import artifact_root, sqlite_path, tracking_uri
 
-    prefect_env = {**os.environ, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(prefect_port),
-                   "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api"}
-    prefect_env.pop("PREFECT_API_URL", None)  # the UI talks to this server, not one set for clients
-    cmds = [([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-             prefect_env)]
+    cmds = [prefect_server_command(prefect_port)]
     uri = tracking_uri()
     if sqlite_path(uri) is not None or "://" in uri and not uri.startswith(("http://", "https://")):
         mlflow_env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_DEFAULT_ARTIFACT_ROOT": artifact_root()}

@@ -11,6 +11,8 @@ from prefdesk.drift import DRIFT_NAMES, evaluate_adapter
 from tasks.common import config_of, tracker_of
 
 
+# no retries: minutes of generation that fail again the same way (a bug, out of memory); its
+# tracking calls already go through MLflow's own HTTP retries
 @task(name="evaluate drift", cache_policy=NO_CACHE)
 def evaluate(adapter_path: str, config: dict[str, Any], run_dir: str, run_id: str) -> str:
     """Policy against reference on held-out prompts; returns the drift.json path."""

@@ -13,7 +13,9 @@ from prefdesk.registry import champion_metrics
 from tasks.common import config_of, table_rows, tracker_of
 
 
-@task(name="gate", cache_policy=NO_CACHE)
+# retries: it reads the champion from the tracking server and writes to it; the gates are pure
+# functions of the figures, so a retry cannot pass a gate that failed
+@task(name="gate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=15)
 def gate(drift_path: str, config: dict[str, Any], run_dir: str, run_id: str) -> str:
     """Every gate against the drift budget; returns the gates.json path."""
     cfg = config_of(config)

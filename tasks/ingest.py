@@ -18,7 +18,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
+# retries: reading the inbox is I/O (a network share not yet mounted, a file still being copied)
+@task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def ingest(inputs: list[str], run_dir: str) -> list[str]:
     """Resolve the inbox (files, folders, embedded sets) and record what tonight's data is."""
     files = [p for spec in inputs for p in resolve(spec)]

@@ -12,7 +12,9 @@ from prefdesk.registry import register_candidate
 from tasks.common import config_of, tracker_of
 
 
-@task(name="register", cache_policy=NO_CACHE)
+# retries: all of it is tracking-server I/O (log the model, create the version, move aliases);
+# promotion is refused by the gates' figures, never by a transient error, so nothing is hidden
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=15)
 def register(adapter_path: str, gates_path: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
     """New registry version (an MLflow model of the run) as `challenger`; `champion` only
     when every gate passed."""

@@ -31,7 +31,9 @@ def _log_dataset(run_id: str, accepted_path: str, digest: str, sources: list[str
     client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+# one retry: it writes to the tracking server (a restart, a blip); the checks are deterministic,
+# a failing data gate is a result, not an exception, so a retry cannot turn it into a pass
+@task(name="validate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=30)
 def validate(files: list[str], config: dict[str, Any], run_dir: str, run_id: str) -> dict[str, Any]:
     """Data desk: quarantine what cannot be trained on, run the GX checks, report everywhere."""
     cfg = config_of(config)
