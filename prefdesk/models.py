@@ -211,7 +211,9 @@ def load_base(settings: ModelSettings, device: torch.device | None = None, seed:
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=dtype,
             )
-            kwargs["device_map"] = {"": device.index or 0}
+            # each data-parallel process (accelerate launch sets LOCAL_RANK) loads its own GPU's copy
+            local = device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", 0))
+            kwargs["device_map"] = {"": local}
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if not quantized:
             model.to(device)
