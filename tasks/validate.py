@@ -14,8 +14,14 @@ from tasks.common import config_of, table_rows, tracker_of
 from validations.desk import run_for_config
 
 
-def _log_dataset(run_id: str, accepted_path: str, digest: str, sources: list[str]) -> None:
-    """The accepted pairs as the run's dataset input, so the UI shows what trained this model."""
+def _log_dataset(run_id: str, accepted_path: str, digest: str, sources: list[str],
+                 version: dict[str, Any] | None = None) -> None:
+    """The accepted pairs as the run's dataset input, so the UI shows what trained this model.
+
+    With an inbox, `version` (the night's figures) goes on the input as tags: the dataset
+    hash of the held window, pairs new tonight, pairs held, the night; the same figures are
+    metrics (`data/pairs_new`, `data/pairs_held`) for comparing nights.
+    """
     import mlflow.data
     import pandas as pd
     from mlflow.entities import DatasetInput, InputTag
@@ -28,12 +34,21 @@ def _log_dataset(run_id: str, accepted_path: str, digest: str, sources: list[str
     with warnings.catch_warnings():  # a local path matches two equivalent MLflow source types
         warnings.simplefilter("ignore", UserWarning)
         ds = mlflow.data.from_pandas(df, source=sources[0], name="preference-pairs", digest=digest[:36])
-    client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
+    tags = [InputTag("mlflow.data.context", "train")]
+    if version:
+        tags += [InputTag(f"prefdesk.{k}", str(version[k])) for k in
+                 ("dataset_hash", "window_hash", "night", "pairs_new", "pairs_held", "pairs_window", "pairs_accepted")
+                 if k in version]
+    client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=tags)])
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(files: list[str], config: dict[str, Any], run_dir: str, run_id: str) -> dict[str, Any]:
-    """Data desk: quarantine what cannot be trained on, run the GX checks, report everywhere."""
+def validate(files: list[str], config: dict[str, Any], run_dir: str, run_id: str,
+             version: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Data desk: quarantine what cannot be trained on, run the GX checks, report everywhere.
+
+    `version`: the inbox night (`tasks.ingest.ingest_inbox`), logged with the dataset input.
+    """
     cfg = config_of(config)
     out = Path(run_dir) / "data"
     report = run_for_config(files, cfg, out)
@@ -45,7 +60,14 @@ def validate(files: list[str], config: dict[str, Any], run_dir: str, run_id: str
     if report.docs_dir:
         tracker.log_artifact(str(report.docs_dir), "data/data_docs")
     if report.accepted:
-        _log_dataset(run_id, str(report.accepted_path), report.dataset_hash, files)
+        if version is not None:
+            version = {"dataset_hash": report.dataset_hash, "window_hash": version["window_hash"],
+                       "night": version["night"], "pairs_new": version["pairs_new"],
+                       "pairs_held": version["pairs_held"], "pairs_window": version["window_pairs"],
+                       "pairs_accepted": report.accepted}
+            tracker.set_tags({"prefdesk.data.hash": report.dataset_hash})
+        source = cfg.data.inbox if version is not None and cfg.data.inbox else files[0]
+        _log_dataset(run_id, str(report.accepted_path), report.dataset_hash, [source], version)
     create_table_artifact(
         key="data-checks",
         table=table_rows([{"check": c.name, "figure": c.figure, "threshold": c.threshold, "passed": c.passed,
