@@ -26,7 +26,8 @@ The default model is the tiny one: SmolLM2-135M scores about 2 to 4 s per pair o
 CPU, so 300 pairs would take 10 to 20 minutes on night 1 alone; with it, pass fewer pairs.
 
 The default data is Anthropic HH-RLHF harmless-base test (`../shared/data/hh-rlhf/`,
-whole dialogues; the prompt is the shared prefix), its first `--pairs` (+ new) pairs.
+whole dialogues; the prompt is the shared prefix; `$PREFDESK_SHARED_DATA` moves the
+folder), its first `--pairs` pairs, then the next ones as night 2's new pairs.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+SHARED = Path(os.environ.get("PREFDESK_SHARED_DATA") or ROOT.parent / "shared" / "data")
+DEFAULT_DATA = SHARED / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 PHASES = ("ingest", "tokenize", "validate", "reference")
 
 
@@ -57,7 +59,7 @@ def _write_pairs(pairs, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="a preference set (any format prefdesk reads); "
-                    "default: HH-RLHF harmless-base test in ../shared/data")
+                    "default: HH-RLHF harmless-base test in $PREFDESK_SHARED_DATA or ../shared/data")
     ap.add_argument("--pairs", type=int, default=300, help="pairs on night 1 (default 300)")
     ap.add_argument("--new-share", type=float, default=0.05, help="new pairs on night 2, as a share of --pairs")
     ap.add_argument("--model", default="tiny", help="tiny (default: minutes on a shared CPU) or smollm2-135m-instruct")
