@@ -39,7 +39,8 @@ def nightly(config_path: str | None = None, overrides: list[str] | None = None, 
         if cfg.data.inbox:
             night = ingest_inbox(config, run_dir, run_id)
             summary["inbox"] = {k: night[k] for k in ("night", "pairs_new", "pairs_held", "window_pairs",
-                                                      "window_hash", "duplicates", "unreadable", "says")}
+                                                      "window_hash", "duplicates", "unreadable", "quarantine_path",
+                                                      "says")}
             if not night["pairs_new"] and (cfg.data.on_no_new_pairs == "skip" or not night["window_pairs"]):
                 summary["status"] = ("skipped: no new pairs tonight, nothing trained or registered"
                                      if night["window_pairs"] else "skipped: no pairs held yet, nothing trained")

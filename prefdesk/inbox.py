@@ -9,7 +9,8 @@ someone has to edit. Each night (`ingest_night`):
 3. keeps each pair whose content-hash id (`prefdesk.pairs.pair_id`) is not held yet, and
    quarantines the rest with a reason: unreadable rows (the reader's reason) and
    duplicates (of a held pair, naming the night and file it came from, or of an earlier
-   row tonight). Nothing is dropped: rows read == new + duplicates + unreadable;
+   row tonight); a file that cannot be read at all is one quarantine record (line 0).
+   Nothing is dropped: rows read == new + duplicates + unreadable;
 4. appends the new pairs to the held store and the files to the manifest, then writes
    tonight's training window (all held pairs, or the last N pairs / last K nights).
 
@@ -23,7 +24,9 @@ The held store lives in `data.held` or `$PREFDESK_HOME/held/<hash of the inbox p
 
 The pairs are written before the manifest names their file, each file atomically: a
 night killed in between reads the file again next time and finds its pairs held (counted
-as duplicates), so a kill never loses a pair nor holds one twice. This module knows
+as duplicates), so a kill never loses a pair nor holds one twice. Files whose name starts
+with a dot are not read: write a file under a dot-name and rename it when complete, so a
+night never ingests half an upload. This module knows
 nothing of Prefect or the data desk: the window it writes is an ordinary pair file the
 desk validates like any other.
 """
@@ -35,12 +38,13 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 from prefdesk.atomic import write_json, write_text
 from prefdesk.config import DataSettings, home
 from prefdesk.pairs import Pair, Quarantined
-from prefdesk.readers import read_pairs, resolve
+from prefdesk.readers import DataError, ReadResult, read_pairs, resolve
 
 WINDOW_FILE = "window.jsonl"
 
@@ -160,7 +164,24 @@ def ingest_night(settings: DataSettings, out_dir: str | Path, run: str = "") -> 
         raise InboxError(f"data.inbox: {inbox} is not a folder")
     store = held_dir(settings)
     store.mkdir(parents=True, exist_ok=True)
-    out = Path(out_dir)
+    with _locked(store / ".lock"):
+        return _ingest(settings, inbox, store, Path(out_dir), run)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One night at a time per held store (two at once would both take the same files)."""
+    import fcntl
+
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _ingest(settings: DataSettings, inbox: Path, store: Path, out: Path, run: str) -> Night:
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = store / "manifest.json"
     try:
@@ -183,7 +204,12 @@ def ingest_night(settings: DataSettings, out_dir: str | Path, run: str = "") -> 
         if digest in manifest or any(f["sha256"] == digest for f in files_new):
             files_seen.append(str(path))
             continue
-        res = read_pairs([str(path)], settings.format, settings.columns or None, label_map=settings.label_map or None)
+        try:
+            res = read_pairs([str(path)], settings.format, settings.columns or None,
+                             label_map=settings.label_map or None)
+        except DataError as exc:  # the whole file is unreadable: one quarantine record, the night goes on
+            res = ReadResult(pairs=[], rows_in=1, quarantined=[
+                Quarantined(source=str(path), line=0, reason=f"file not read: {exc}", check="read")])
         dups = 0
         for p in res.pairs:
             where = held.get(p.id)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from prefdesk.atomic import write_text
 from prefdesk.pairs import read_pairs_jsonl
 from prefdesk.tracking import client
 from tasks.common import config_of, table_rows, tracker_of
@@ -42,6 +44,25 @@ def _log_dataset(run_id: str, accepted_path: str, digest: str, sources: list[str
     client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=tags)])
 
 
+def _point_at_origins(quarantine_path: str, window_path: str) -> None:
+    """The desk read the inbox window; its quarantine names the inbox file and line each pair
+    came from (`prefdesk.origin`), so a person fixes the file they sent, not the window."""
+    origins = {}
+    with open(window_path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                origins[n] = json.loads(line).get("prefdesk", {}).get("origin", "")
+    rows = []
+    for line in Path(quarantine_path).read_text(encoding="utf-8").splitlines():
+        q = json.loads(line)
+        origin = origins.get(q.get("line"), "")
+        if q.get("file") == window_path and origin:
+            src, _, num = origin.rpartition(":")
+            q.update(file=src, line=int(num) if num.isdigit() else num, window_line=q["line"])
+        rows.append(json.dumps(q, ensure_ascii=False) + "\n")
+    write_text(quarantine_path, "".join(rows))
+
+
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(files: list[str], config: dict[str, Any], run_dir: str, run_id: str,
              version: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,6 +73,8 @@ def validate(files: list[str], config: dict[str, Any], run_dir: str, run_id: str
     cfg = config_of(config)
     out = Path(run_dir) / "data"
     report = run_for_config(files, cfg, out)
+    if version is not None:
+        _point_at_origins(str(report.quarantine_path), files[0])
     tracker = tracker_of(run_id)
     tracker.log_metrics(report.metrics())
     report_path = report.report_path

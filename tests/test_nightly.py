@@ -92,6 +92,21 @@ def test_window_last_pairs_and_last_nights(tmp_path):
     assert window(window_nights=5, window_pairs=6) == [2, 2, 2, 3, 3, 3]
 
 
+def test_unreadable_file_is_quarantined_whole_and_half_uploads_wait(tmp_path):
+    inbox, held = tmp_path / "inbox", tmp_path / "held"
+    inbox.mkdir()
+    (inbox / "broken.jsonl.gz").write_bytes(b"not gzip at all")
+    (inbox / ".upload.jsonl").write_text(_lines(0, 3))  # still being written: a dot-name
+    n1 = ingest_night(_settings(inbox, held), tmp_path / "n1")
+    assert (n1.rows_in, n1.pairs_new, n1.unreadable) == (1, 0, 1)
+    [q] = [json.loads(x) for x in Path(n1.quarantine_path).read_text().splitlines()]
+    assert q["source"].endswith("broken.jsonl.gz") and q["reason"].startswith("file not read: ")
+    (inbox / ".upload.jsonl").rename(inbox / "upload.jsonl")  # the upload is complete
+    n2 = ingest_night(_settings(inbox, held), tmp_path / "n2")
+    assert (n2.rows_in, n2.pairs_new, n2.unreadable) == (3, 3, 0)
+    assert [Path(p).name for p in n2.files_seen] == ["broken.jsonl.gz"]
+
+
 def test_inbox_errors_name_the_setting(tmp_path):
     from prefdesk.inbox import InboxError
 
@@ -198,7 +213,7 @@ def test_nights_through_the_flow(harness, tmp_path):
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    over = TINY + LENIENT + [f"data.inbox={inbox}", f"data.held={tmp_path / 'held'}"]
+    over = TINY + LENIENT + [f"data.inbox={inbox}", f"data.held={tmp_path / 'held'}", "data.too_long=quarantine"]
     c = client()
 
     def versions() -> int:
@@ -224,15 +239,19 @@ def test_nights_through_the_flow(harness, tmp_path):
     night1_refs = {p: p.stat().st_mtime_ns for p in set(refs.rglob("*.pt")) - before}
     assert len(night1_refs) == 24, "one reference value per pair"
 
-    # night 2: a file with 4 pairs already held and 3 new ones
-    (inbox / "tue.jsonl").write_text(_lines(20, 27))
+    # night 2: a file with 4 pairs already held, 3 new ones and one the desk refuses (too long)
+    long = {"prompt": "Tell me about rivers.", "chosen": "Rivers carry water to the sea. " * 150, "rejected": "No."}
+    (inbox / "tue.jsonl").write_text(_lines(20, 27) + json.dumps(long) + "\n")
     s2 = nightly(overrides=over, run_dir=str(tmp_path / "run2"))
-    assert (s2["inbox"]["pairs_new"], s2["inbox"]["duplicates"], s2["inbox"]["pairs_held"]) == (3, 4, 27)
-    assert s2["data"]["accepted"] == 27 and versions() == 2
+    assert (s2["inbox"]["pairs_new"], s2["inbox"]["duplicates"], s2["inbox"]["pairs_held"]) == (4, 4, 28)
+    assert (s2["data"]["accepted"], s2["data"]["quarantined"]) == (27, 1) and versions() == 2
+    [refused] = [json.loads(x) for x in Path(s2["data"]["quarantine_path"]).read_text().splitlines()]
+    assert refused["reason"].startswith("too long")
+    assert (refused["file"], refused["line"]) == (str(inbox / "tue.jsonl"), 8), "names the file that was sent"
     run2 = c.get_run(s2["run_id"])
     [ds2] = run2.inputs.dataset_inputs
     tags2 = {t.key: t.value for t in ds2.tags}
-    assert (tags2["prefdesk.pairs_new"], tags2["prefdesk.pairs_held"], tags2["prefdesk.night"]) == ("3", "27", "2")
+    assert (tags2["prefdesk.pairs_new"], tags2["prefdesk.pairs_held"], tags2["prefdesk.night"]) == ("4", "28", "2")
     assert ds2.dataset.digest != ds.dataset.digest
     quarantine = (tmp_path / "run2" / "data" / "ingest_quarantine.jsonl").read_text().splitlines()
     assert len(quarantine) == 4 and all("duplicate of held pair" in json.loads(q)["reason"] for q in quarantine)
@@ -252,5 +271,5 @@ def test_nights_through_the_flow(harness, tmp_path):
     s4 = nightly(overrides=over + ["data.on_no_new_pairs=retrain", "data.window_pairs=10"],
                  run_dir=str(tmp_path / "run4"))
     assert s4["inbox"]["pairs_new"] == 0 and s4["inbox"]["window_pairs"] == 10
-    assert s4["data"]["accepted"] == 10 and versions() == 3
+    assert s4["data"]["accepted"] == 9 and versions() == 3  # the long pair is among the last 10
     assert set(refs.rglob("*.pt")) - before == set(night1_refs) | new_refs, "nothing scored twice"
