@@ -30,8 +30,9 @@ def default_root() -> Path:
     return home() / "cache" / "tokens"
 
 
-def tokenizer_identity(tokenizer) -> str:
-    """A short hash of everything that decides the token ids `encode` produces."""
+def tokenizer_identity(tokenizer) -> str | None:
+    """A short hash of everything that decides the token ids `encode` produces; None for a
+    tokenizer that cannot say what it is (no serialised backend, no vocabulary): not cached."""
     cached = getattr(tokenizer, "_prefdesk_identity", None)
     if cached:
         return cached
@@ -40,8 +41,10 @@ def tokenizer_identity(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # fast tokenizers: vocabulary, merges, normalizer, pre-tokenizer
         h.update(backend.to_str().encode())
-    else:
+    elif hasattr(tokenizer, "get_vocab"):
         h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    else:
+        return None
     h.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str).encode())
     h.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
     h.update(str(getattr(tokenizer, "eos_token", "") or "").encode())
@@ -51,6 +54,13 @@ def tokenizer_identity(tokenizer) -> str:
     except AttributeError:
         pass
     return ident
+
+
+def _count(tokenizer, prompt: list[Message], answer: str) -> int:
+    """What the desk's length check measures: the whole dialogue, untruncated."""
+    from prefdesk.engine.tokenize import encode
+
+    return len(encode(tokenizer, prompt, answer, max_length=10**9).input_ids)
 
 
 def text_key(prompt: list[Message], answer: str) -> str:
@@ -64,7 +74,10 @@ class TokenCountCache:
 
     def __init__(self, tokenizer, root: str | Path | None = None):
         self.tokenizer = tokenizer
-        self.identity = tokenizer_identity(tokenizer)
+        identity = tokenizer_identity(tokenizer)
+        if identity is None:
+            raise ValueError(f"{type(tokenizer).__name__}: a tokenizer without a vocabulary cannot key a cache")
+        self.identity = identity
         self.path = Path(root or default_root()) / f"{self.identity}.sqlite"
         self.hits = 0
         self.misses = 0
@@ -86,15 +99,12 @@ class TokenCountCache:
 
     def counts(self, items: Sequence[tuple[list[Message], str]]) -> list[int]:
         """The full (untruncated) token count of each (prompt, answer), computing only misses."""
-        from prefdesk.engine.tokenize import encode
-
         keys = [text_key(p, a) for p, a in items]
         con = self._connect()
         try:
             known = self._lookup(con, sorted(set(keys)))
             todo = {k: i for i, k in enumerate(keys) if k not in known}
-            new = {k: len(encode(self.tokenizer, items[i][0], items[i][1], max_length=10**9).input_ids)
-                   for k, i in todo.items()}
+            new = {k: _count(self.tokenizer, *items[i]) for k, i in todo.items()}
             if new:
                 with con:
                     con.executemany("INSERT OR REPLACE INTO counts (key, n) VALUES (?, ?)", new.items())
@@ -108,6 +118,10 @@ class TokenCountCache:
 
 def pair_token_counts(tokenizer, pairs: Sequence[Pair], root: str | Path | None = None) -> tuple[list[int], list[int]]:
     """(chosen counts, rejected counts): prompt + answer tokens of each side, from the cache."""
-    cache = TokenCountCache(tokenizer, root)
-    both = cache.counts([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
+    items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    if tokenizer_identity(tokenizer) is None:
+        both = [_count(tokenizer, q, a) for q, a in items]
+        return both[: len(pairs)], both[len(pairs):]
+    both = TokenCountCache(tokenizer, root).counts(items)
     return both[: len(pairs)], both[len(pairs):]
+
