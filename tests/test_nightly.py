@@ -140,6 +140,9 @@ def test_token_counts_cached_by_tokenizer_identity(tmp_path, toy_pairs):
     assert counts == [len(encode(other, p, a, 10**9).input_ids) for p, a in items] != first
     c, r = pair_token_counts(tok, toy_pairs[:3], tmp_path)
     assert c == first[:3] and len(r) == 3
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # the cache cannot be created: the counts are still right
+    assert pair_token_counts(tok, toy_pairs[:3], blocked) == (c, r)
 
 
 def test_reference_cache_reused_across_runs_and_invalidated_by_base_tokenizer_max_length(

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Sequence
 
 from prefdesk.config import home
 from prefdesk.pairs import Message, Pair
+
+log = logging.getLogger("prefdesk")
 
 
 def default_root() -> Path:
@@ -122,6 +125,10 @@ def pair_token_counts(tokenizer, pairs: Sequence[Pair], root: str | Path | None 
     if tokenizer_identity(tokenizer) is None:
         both = [_count(tokenizer, q, a) for q, a in items]
         return both[: len(pairs)], both[len(pairs):]
-    both = TokenCountCache(tokenizer, root).counts(items)
+    try:
+        both = TokenCountCache(tokenizer, root).counts(items)
+    except (sqlite3.Error, OSError) as exc:  # a cache is a saving, never a reason to stop the desk
+        log.warning("token-count cache not used (%s): counting every pair", exc)
+        both = [_count(tokenizer, q, a) for q, a in items]
     return both[: len(pairs)], both[len(pairs):]
 
