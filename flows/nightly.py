@@ -52,6 +52,8 @@ def nightly(config_path: str | None = None, overrides: list[str] | None = None, 
             files = ingest(cfg.data.train, run_dir)
             data = validate(files, config, run_dir, run_id)
         summary["data"] = {k: data[k] for k in ("rows_in", "accepted", "quarantined", "passed", "failed", "quarantine_path")}
+        if data.get("reused_from"):
+            summary["data"]["reused_from"] = data["reused_from"]
         if not data["passed"] and cfg.data.fail_on_data_gates:
             summary["status"] = "stopped: data gates failed"
             raise DataGateFailed("data gates failed: " + "; ".join(data["failed"]))

@@ -276,3 +276,17 @@ def test_nights_through_the_flow(harness, tmp_path):
     assert s4["inbox"]["pairs_new"] == 0 and s4["inbox"]["window_pairs"] == 10
     assert s4["data"]["accepted"] == 9 and versions() == 3  # the long pair is among the last 10
     assert set(refs.rglob("*.pt")) - before == set(night1_refs) | new_refs, "nothing scored twice"
+    assert "reused_from" not in s4["data"]
+
+    # night 5: the same window again: its validation is reused, not redone
+    s5 = nightly(overrides=over + ["data.on_no_new_pairs=retrain", "data.window_pairs=10"],
+                 run_dir=str(tmp_path / "run5"))
+    assert s5["data"]["reused_from"] == str(tmp_path / "run4" / "data")
+    assert {k: v for k, v in s5["data"].items() if k not in ("reused_from", "quarantine_path")} == \
+        {k: v for k, v in s4["data"].items() if k != "quarantine_path"}
+    assert (tmp_path / "run5" / "data" / "accepted_pairs.jsonl").read_bytes() == \
+        (tmp_path / "run4" / "data" / "accepted_pairs.jsonl").read_bytes()
+    run5 = c.get_run(s5["run_id"])
+    assert run5.data.metrics["data/validation_reused"] == 1.0 and run5.data.metrics["data/pairs_accepted"] == 9
+    [ds5] = run5.inputs.dataset_inputs
+    assert c.get_run(s4["run_id"]).inputs.dataset_inputs[0].dataset.digest == ds5.dataset.digest
