@@ -105,7 +105,7 @@ class DataSettings(_Strict):
         "every new pair in the held store and trains on the held set (or its window); data.train is then "
         "not read")
     held: str | None = Field(
-        None, description="where the held pairs and the inbox manifest live; empty: "
+        None, description="where the held pairs and the inbox manifest live; unset: "
         "PREFDESK_HOME/held/<a hash of the inbox path>")
     window_pairs: Count | None = Field(None, description="train on at most the last N held pairs (inbox only)")
     window_nights: Count | None = Field(
