@@ -1,5 +1,9 @@
 """The nightly preference-tuning flow: ingest -> validate -> train -> evaluate -> gate -> register.
 
+With `data.inbox` the ingest step takes tonight's new files into the held store and the
+night trains on the held window; a night without new pairs ends there with status
+"skipped: ..." unless `data.on_no_new_pairs=retrain`.
+
 Reads like the DAG. Tasks exchange file paths and plain dicts only; the MLflow run id is
 passed explicitly because MLflow's active run is thread-local. `open_run` owns the run's
 ending: the summary file and the MLflow status, however the flow stops (error, SIGTERM).
@@ -16,7 +20,7 @@ from prefect.runtime import flow_run
 
 from tasks.evaluate import evaluate
 from tasks.gate import gate
-from tasks.ingest import ingest
+from tasks.ingest import ingest, ingest_inbox
 from tasks.register import register
 from tasks.run import new_run_dir, open_run
 from tasks.train import train
@@ -32,9 +36,24 @@ def nightly(config_path: str | None = None, overrides: list[str] | None = None, 
     run_dir = run_dir or new_run_dir()
     with open_run(config_path, overrides, run_dir, str(flow_run.id or "")) as (cfg, run_id, summary):
         config = cfg.model_dump(mode="json")
-        files = ingest(cfg.data.train, run_dir)
-        data = validate(files, config, run_dir, run_id)
+        if cfg.data.inbox:
+            night = ingest_inbox(config, run_dir, run_id)
+            summary["inbox"] = {k: night[k] for k in ("night", "pairs_new", "pairs_held", "window_pairs",
+                                                      "window_hash", "duplicates", "unreadable", "quarantine_path",
+                                                      "says")}
+            if not night["pairs_new"] and (cfg.data.on_no_new_pairs == "skip" or not night["window_pairs"]):
+                summary["status"] = ("skipped: no new pairs tonight, nothing trained or registered"
+                                     if night["window_pairs"] else "skipped: no pairs held yet, nothing trained")
+                return summary
+            # The window is a canonical pair file: read it as such, whatever the inbox's layout was.
+            window_config = {**config, "data": {**config["data"], "format": "auto", "columns": {}}}
+            data = validate([night["window_path"]], window_config, run_dir, run_id, version=night)
+        else:
+            files = ingest(cfg.data.train, run_dir)
+            data = validate(files, config, run_dir, run_id)
         summary["data"] = {k: data[k] for k in ("rows_in", "accepted", "quarantined", "passed", "failed", "quarantine_path")}
+        if data.get("reused_from"):
+            summary["data"]["reused_from"] = data["reused_from"]
         if not data["passed"] and cfg.data.fail_on_data_gates:
             summary["status"] = "stopped: data gates failed"
             raise DataGateFailed("data gates failed: " + "; ".join(data["failed"]))

@@ -100,6 +100,19 @@ class DataSettings(_Strict):
     limit: Count | None = Field(None, description="use at most this many accepted pairs")
     checks: CheckThresholds = CheckThresholds()
     fail_on_data_gates: bool = True
+    inbox: str | None = Field(
+        None, description="a folder of new pair files: each night ingests the files that arrived, keeps "
+        "every new pair in the held store and trains on the held set (or its window); data.train is then "
+        "not read")
+    held: str | None = Field(
+        None, description="where the held pairs and the inbox manifest live; unset: "
+        "PREFDESK_HOME/held/<a hash of the inbox path>")
+    window_pairs: Count | None = Field(None, description="train on at most the last N held pairs (inbox only)")
+    window_nights: Count | None = Field(
+        None, description="train on the pairs that arrived in the last K nights, tonight included (inbox only)")
+    on_no_new_pairs: Literal["skip", "retrain"] = Field(
+        "skip", description="a night whose inbox brought no new pair: skip training (nothing registered) "
+        "or retrain on the held set")
 
     @field_validator("label_map", mode="before")
     @classmethod

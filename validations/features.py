@@ -112,10 +112,9 @@ def pair_frame(pairs: Sequence[Pair], tokenizer=None) -> pd.DataFrame:
                       ("prompt_norm", normalize_arrow(prompt_text)), ("prompt_all_norm", normalize_arrow(prompt_all))):
         df[name] = pd.array(arr.cast(pa.large_string()), dtype=pd.StringDtype("pyarrow"))
     if tokenizer is not None:
-        from prefdesk.engine.tokenize import encode
+        from prefdesk.engine.tokcache import pair_token_counts  # counted once per tokenizer, kept on disk
 
-        tc = [len(encode(tokenizer, p.prompt, p.chosen, max_length=10**9).input_ids) for p in pairs]
-        tr = [len(encode(tokenizer, p.prompt, p.rejected, max_length=10**9).input_ids) for p in pairs]
+        tc, tr = pair_token_counts(tokenizer, pairs)
         df["chosen_tokens"] = np.asarray(tc, dtype=np.int64)
         df["rejected_tokens"] = np.asarray(tr, dtype=np.int64)
     else:
