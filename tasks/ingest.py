@@ -18,9 +18,9 @@ from prefdesk.readers import resolve
 from tasks.common import config_of, tracker_of
 
 
-# No retries: a night's ingest moves pairs into the held store; reading the same local
-# files again gives the same bytes, and an unreadable file is quarantined, not retried.
-@task(name="ingest", cache_policy=NO_CACHE)
+# retries: reading the inputs is I/O (a network share not yet mounted, a file still being
+# copied); it only reads, so a second try cannot do anything twice
+@task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def ingest(inputs: list[str], run_dir: str) -> list[str]:
     """Resolve the inputs (files, folders, embedded sets) and record what tonight's data is."""
     files = [p for spec in inputs for p in resolve(spec)]
