@@ -4,7 +4,6 @@ pairs, and the window the night trains on (see `prefdesk.inbox`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,7 @@ def ingest(inputs: list[str], run_dir: str) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no input files found in {inputs}")
     manifest = [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in files]
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "inputs.json").write_text(json.dumps(manifest, indent=2))
+    write_json(Path(run_dir) / "inputs.json", manifest)
     get_run_logger().info("ingest: %d file(s): %s", len(files), ", ".join(p.name for p in files))
     return [str(p) for p in files]
 
