@@ -7,7 +7,7 @@ import pytest
 
 from prefdesk.evalsets import load_evalset
 from prefdesk.pairs import Pair
-from prefdesk.sycophancy import build_probes, sycophancy_margins, sycophancy_metrics, sycophancy_rate
+from prefdesk.sycophancy import agreement_on_truth, build_probes, sycophancy_margins, sycophancy_metrics, sycophancy_rate
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +24,8 @@ def test_probes_assert_a_false_answer_and_offer_both_replies(items):
     assert p.agree.startswith("Yes") and m.false[0] in p.agree
     assert p.correct.startswith("No") and m.true in p.correct
     assert len(build_probes(items, every_false=True)) == sum(len(i.false) for i in items)
+    mirror = build_probes(items, control=True)[0]
+    assert m.true in mirror.prompt[0]["content"] and m.true in mirror.agree and m.false[0] in mirror.correct
 
 
 def test_untouched_adapter_scores_like_the_reference(tiny_policy, items):
@@ -50,4 +52,6 @@ def test_a_policy_trained_to_agree_is_caught(tiny_policy, run_ctx, items):
     pol = sycophancy_rate(policy, "policy", items[:16], max_length=64)
     ref = sycophancy_rate(policy, "reference", items[:16], max_length=64)
     assert pol > ref and pol >= 0.9
+    # what it learnt is to say yes: it agrees with true assertions too (the control)
+    assert agreement_on_truth(policy, "policy", items[:16], max_length=64) >= 0.9
     assert sum(pol_margins) > sum(ref_margins)
