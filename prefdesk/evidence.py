@@ -143,7 +143,8 @@ class PairedComparison:
     neither: int
     policy_rate: float
     reference_rate: float
-    policy_lower: float  # Wilson lower bound of the policy's accuracy: compare with 0.5
+    policy_lower: float  # Wilson interval of the policy's accuracy: compare the lower end with 0.5
+    policy_upper: float
     diff: float  # policy_rate - reference_rate
     diff_lower: float  # Newcombe lower bound of the difference: > 0 means a gain with confidence
     diff_upper: float
@@ -222,8 +223,9 @@ def paired_counts(both: int, policy_only: int, reference_only: int, neither: int
     pr = (both + policy_only) / n if n else 0.0
     rr = (both + reference_only) / n if n else 0.0
     lo, hi = newcombe_paired(both, policy_only, reference_only, neither, level)
+    p_lo, p_hi = wilson(both + policy_only, n, level)
     return PairedComparison(
-        both, policy_only, reference_only, neither, pr, rr, wilson(both + policy_only, n, level)[0],
+        both, policy_only, reference_only, neither, pr, rr, p_lo, p_hi,
         pr - rr, lo, hi, sign_test_p(policy_only, reference_only), level,
     )
 
@@ -278,9 +280,45 @@ def evidence_metrics(win: WinRate, pairs: PairedComparison | None) -> dict[str, 
     if pairs is not None:
         out.update({
             "drift/pair_accuracy_lower": pairs.policy_lower,
+            "drift/pair_accuracy_upper": pairs.policy_upper,
+            "drift/pairs_both": float(pairs.both),
+            "drift/pairs_gained": float(pairs.policy_only),
+            "drift/pairs_lost": float(pairs.reference_only),
+            "drift/pairs_neither": float(pairs.neither),
             "drift/pair_accuracy_gain": pairs.diff,
             "drift/pair_accuracy_gain_lower": pairs.diff_lower,
             "drift/pair_accuracy_gain_upper": pairs.diff_upper,
             "drift/pair_accuracy_sign_p": pairs.sign_test_p,
         })
     return out
+
+
+def from_metrics(metrics: dict[str, float], level: float = DEFAULT_LEVEL) -> tuple[WinRate | None, PairedComparison | None]:
+    """The win rate and the paired comparison back from the flat figures `evidence_metrics` wrote
+    (what the gate step reads from drift.json); None where they were not measured."""
+    def count(key: str) -> int | None:
+        v = metrics.get(key)
+        return None if v is None else int(round(v))
+
+    w, t, l = count("drift/win_wins"), count("drift/win_ties"), count("drift/win_losses")
+    win = win_rate_interval(w, t, l, level) if None not in (w, t, l) else None
+    cells = [count(f"drift/pairs_{k}") for k in ("both", "gained", "lost", "neither")]
+    pairs = paired_counts(*cells, level=level) if None not in cells else None
+    return win, pairs
+
+
+def verdict_from_metrics(metrics: dict[str, float], kl_floor: float = DEFAULT_KL_FLOOR,
+                         level: float = DEFAULT_LEVEL) -> Verdict | None:
+    """`indistinguishable` over drift.json's figures; None when the evidence was not measured
+    (a drift file from before the evidence figures), so old runs are judged as before."""
+    win, pairs = from_metrics(metrics, level)
+    kl = metrics.get("drift/kl_per_token")
+    if win is None or kl is None:
+        return None
+    return indistinguishable(kl, win, pairs, kl_floor)
+
+
+def evidence_notes(metrics: dict[str, float], level: float = DEFAULT_LEVEL) -> list[str]:
+    """Lines for the gate report: the intervals behind the win-rate and pair-accuracy gates."""
+    win, pairs = from_metrics(metrics, level)
+    return [x.describe() for x in (win, pairs) if x is not None]

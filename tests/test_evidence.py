@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prefdesk.evidence import (
-    INDISTINGUISHABLE, evidence_metrics, indistinguishable, paired_comparison, paired_counts, sign_test_p, wilson,
+    INDISTINGUISHABLE, evidence_metrics, evidence_notes, from_metrics, verdict_from_metrics, indistinguishable, paired_comparison, paired_counts, sign_test_p, wilson,
     win_rate_from_scores, win_rate_interval, z_for,
 )
 
@@ -108,3 +108,16 @@ def test_evidence_metrics_are_flat_floats_for_the_gates():
     assert m["drift/win_rate_lower"] > 0.5 and m["drift/pair_accuracy_gain_lower"] > 0
     assert all(isinstance(v, float) for v in m.values())
     assert "drift/pair_accuracy_gain" not in evidence_metrics(win_rate_interval(1, 1, 1), None)
+
+
+def test_the_verdict_reads_back_from_the_flat_figures_of_drift_json():
+    same = [True] * 10 + [False] * 6
+    win, pairs = win_rate_interval(0, 32, 0), paired_comparison(same, same)
+    metrics = {"drift/kl_per_token": 0.00017, **evidence_metrics(win, pairs)}
+    assert from_metrics(metrics) == (win, pairs)
+    v = verdict_from_metrics(metrics)
+    assert v is not None and v.name == INDISTINGUISHABLE and not v.promotes
+    assert verdict_from_metrics({**metrics, "drift/kl_per_token": 0.05}).promotes
+    assert verdict_from_metrics({"drift/kl_per_token": 0.00017, "drift/win_rate": 0.5}) is None  # an old drift.json
+    notes = evidence_notes(metrics)
+    assert len(notes) == 2 and "32 ties" in notes[0] and "0 gained, 0 lost" in notes[1]
