@@ -254,3 +254,29 @@ def history_figure(model_name: str, path: str | Path) -> Path:
         ax.legend(fontsize=6)
     fig.suptitle(f"{model_name}: {len(rows)} version(s); filled = passed every gate", fontsize=11)
     return _save(fig, plt, path)
+
+
+FIGURE_DIR = "figures"
+
+
+def log_leash_figure(run_id: str | None, metrics: Mapping[str, float], gate_results: Sequence[Any],
+                     run_dir: str | Path) -> tuple[Path, str | None]:
+    """Draw the run's figure into `run_dir`, log it to the MLflow run under `figures/`, and
+    return (local path, artifact URI for a link). Never raises: a figure that cannot be drawn
+    or logged is a warning, not a failed night."""
+    path = Path(run_dir) / "leash.png"
+    try:
+        leash_figure(run_id, metrics, gate_results, path)
+    except Exception as exc:
+        log.warning("figure: cannot draw the leash figure: %s", exc)
+        return path, None
+    if not run_id:
+        return path, None
+    try:
+        from prefdesk.tracking import Tracker, client
+
+        Tracker(run_id).log_artifact(str(path), FIGURE_DIR)
+        return path, f"{client().get_run(run_id).info.artifact_uri.rstrip('/')}/{FIGURE_DIR}/{path.name}"
+    except Exception as exc:
+        log.warning("figure: cannot log %s to run %s: %s", path, run_id, exc)
+        return path, None

@@ -68,6 +68,17 @@ def test_leash_figure_draws_curves_finals_and_bounds(store):
     assert 20_000 < out.stat().st_size < 2_000_000
 
 
+def test_the_figure_is_logged_to_the_run_with_a_link(store):
+    from prefdesk.figures import log_leash_figure
+    from prefdesk.tracking import client
+
+    run_id = _run(FINAL, steps=2)
+    path, uri = log_leash_figure(run_id, FINAL, GATES, store / "run")
+    assert path.is_file() and uri is not None and uri.endswith("figures/leash.png")
+    assert [a.path for a in client().list_artifacts(run_id, "figures")] == ["figures/leash.png"]
+    assert log_leash_figure(None, {}, [], store / "untracked")[1] is None
+
+
 def test_leash_figure_without_a_run_or_any_metric_still_draws(store):
     from prefdesk.figures import leash_figure
 
