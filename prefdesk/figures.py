@@ -206,13 +206,18 @@ def _version_gates(c, run_id: str) -> list[dict]:
             return []
 
 
-def history_figure(model_name: str, path: str | Path) -> Path:
-    """The final figures across the registered model's versions, from each version's run:
-    policy (filled when the version passed every gate, hollow when not), the reference on
-    the same prompts, and each version's gate limit as a short tick."""
+def _aliases(c, v) -> list[str]:
+    """A version's aliases (search results leave them out on some stores: asked one by one)."""
+    try:
+        return list(c.get_model_version(v.name, v.version).aliases or [])
+    except Exception:
+        return list(getattr(v, "aliases", None) or [])
+
+
+def version_history(model_name: str) -> list[tuple[int, dict[str, float], list[dict], list[str]]]:
+    """(version, its run's final metrics, its gate results, its aliases) for every version, oldest first."""
     from prefdesk.tracking import client
 
-    plt = _plt()
     c = client()
     versions = sorted(c.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version))
     rows = []
@@ -223,7 +228,16 @@ def history_figure(model_name: str, path: str | Path) -> Path:
             log.warning("figure: version %s of %s has no readable run: %s", v.version, model_name, exc)
             run = None
         metrics = dict(run.data.metrics) if run else {}
-        rows.append((int(v.version), metrics, _version_gates(c, v.run_id) if run else [], list(v.aliases or [])))
+        rows.append((int(v.version), metrics, _version_gates(c, v.run_id) if run else [], _aliases(c, v)))
+    return rows
+
+
+def history_figure(model_name: str, path: str | Path) -> Path:
+    """The final figures across the registered model's versions, from each version's run:
+    policy (filled when the version passed every gate, hollow when not), the reference on
+    the same prompts, and each version's gate limit as a short tick."""
+    plt = _plt()
+    rows = version_history(model_name)
     fig, axes = _grid(plt, len(FINALS))
     for ax, (name, t) in zip(axes, FINALS.items()):
         metric = f"drift/{name}"

@@ -91,7 +91,7 @@ def test_leash_figure_without_a_run_or_any_metric_still_draws(store):
 
 
 def test_history_figure_across_registered_versions(store):
-    from prefdesk.figures import history_figure
+    from prefdesk.figures import history_figure, version_history
     from prefdesk.registry import register_artifact
     from prefdesk.tracking import Tracker
 
@@ -103,6 +103,10 @@ def test_history_figure_across_registered_versions(store):
         report = GateReport([GateResult("win_rate", "drift/win_rate", ">=", 0.5, metrics["drift/win_rate"], ok, "")])
         Tracker(run_id).log_artifact(str(report.write(store / f"gates-{i}.json").rename(store / "gates.json")))
         register_artifact(run_id, "gates.json", "figs-model", report, promote=True)
+    rows = version_history("figs-model")
+    assert [r[0] for r in rows] == [1, 2, 3] and "champion" in rows[2][3] and "champion" not in rows[0][3]
+    assert [g["passed"] for r in rows for g in r[2]] == [False, True, True]
+    assert "drift/pair_accuracy" not in rows[2][1] and rows[1][1]["drift/win_rate"] == pytest.approx(0.55)
     out = history_figure("figs-model", store / "history.png")
     assert _png_size(out)[0] >= 800 and out.stat().st_size > 20_000
     assert _png_size(history_figure("no-such-model", store / "none.png"))[0] > 0
