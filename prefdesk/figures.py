@@ -43,6 +43,13 @@ FINALS: dict[str, str] = {
     "pair_accuracy": "held-out pair accuracy",
     "sycophancy_rate": "sycophancy",
 }
+# Gates on a derived figure of a panel's metric (a difference, not the value drawn): shown by
+# the panel's title (failed or not) and a line of text, since their scale is not the panel's.
+RELATED: dict[str, tuple[str, ...]] = {
+    "pair_accuracy": ("drift/pair_accuracy_gain_lower",),
+    "win_rate": ("drift/win_rate_lower",),
+}
+TABLE_WIDTH = 48  # characters per gate line: wider text would squeeze every panel
 POLICY_COLOUR, REFERENCE_COLOUR = "#3b6fb6", "#9a9a9a"
 PASS_COLOUR, FAIL_COLOUR = "#2e8b57", "#c0392b"
 
@@ -134,11 +141,15 @@ def _final_panel(ax, name: str, title: str, metrics: Mapping[str, float], gate_r
         ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
     _bounds(ax, metric, gate_results)
     _bounds(ax, f"{metric}_lower", gate_results)
-    failed = any(_field(g, "metric") in (metric, f"{metric}_lower") and not _field(g, "passed") for g in gate_results)
+    gain_lo, gain_hi = metrics.get(f"{metric}_gain_lower"), metrics.get(f"{metric}_gain_upper")
+    if _finite(gain_lo) and _finite(gain_hi):
+        ax.set_xlabel(f"gain over reference, interval [{gain_lo:+.3f}, {gain_hi:+.3f}]", fontsize=7)
+    related = (metric, f"{metric}_lower", *RELATED.get(name, ()))
+    failed = any(_field(g, "metric") in related and not _field(g, "passed") for g in gate_results)
     ax.set_title(title + ("  (gate failed)" if failed else ""), fontsize=9, color=FAIL_COLOUR if failed else "black")
     ax.tick_params(labelsize=7)
-    if any(_field(g, "metric") in (metric, f"{metric}_lower") for g in gate_results):
-        ax.legend(fontsize=6, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, loc="lower right")
 
 
 def _gate_table(ax, gate_results: Sequence[Any]) -> None:
@@ -150,8 +161,9 @@ def _gate_table(ax, gate_results: Sequence[Any]) -> None:
         value, limit = _field(g, "value"), _field(g, "limit")
         v = f"{value:.3g}" if _finite(value) else "n/a"
         lim = f"{limit:.3g}" if _finite(limit) else "n/a"
-        lines.append(("pass  " if _field(g, "passed") else "FAIL  ") + f"{_field(g, 'name') or _field(g, 'metric')}: "
-                     f"{v} {_field(g, 'op')} {lim}")
+        what = f"{v} {_field(g, 'op')} {lim}" if _finite(limit) else str(_field(g, "reason") or "no bound")
+        line = ("pass  " if _field(g, "passed") else "FAIL  ") + f"{_field(g, 'name') or _field(g, 'metric')}: {what}"
+        lines.append(line if len(line) <= TABLE_WIDTH else line[: TABLE_WIDTH - 3] + "...")
     ax.text(0.0, 1.0, "\n".join(lines) or "no gates", va="top", ha="left", fontsize=7, family="monospace",
             transform=ax.transAxes)
 
