@@ -104,10 +104,15 @@ def win_rate_interval(wins: int, ties: int, losses: int, level: float = DEFAULT_
     return WinRate(wins, ties, losses, score / n if n else 0.5, lo, hi, level)
 
 
-def win_rate_from_scores(scores: Iterable[float], level: float = DEFAULT_LEVEL) -> WinRate:
-    """From per-prompt verdicts 1.0 (policy wins), 0.5 (tie), 0.0 (reference wins), as drift keeps them."""
+VERDICT_SCORES = {"policy": 1.0, "tie": 0.5, "reference": 0.0}
+
+
+def win_rate_from_scores(scores: Iterable[float | str], level: float = DEFAULT_LEVEL) -> WinRate:
+    """From per-prompt verdicts 1.0 (policy wins), 0.5 (tie), 0.0 (reference wins), as drift keeps
+    them, or the words of samples.jsonl's `verdict` field ("policy", "tie", "reference")."""
     wins = ties = losses = 0
-    for s in scores:
+    for raw in scores:
+        s = VERDICT_SCORES.get(raw, raw) if isinstance(raw, str) else raw
         if s == 1.0:
             wins += 1
         elif s == 0.5:
@@ -115,7 +120,7 @@ def win_rate_from_scores(scores: Iterable[float], level: float = DEFAULT_LEVEL) 
         elif s == 0.0:
             losses += 1
         else:
-            raise ValueError(f"a verdict must be 1.0, 0.5 or 0.0, got {s!r}")
+            raise ValueError(f"a verdict must be 1.0, 0.5 or 0.0 (policy, tie, reference), got {raw!r}")
     return win_rate_interval(wins, ties, losses, level)
 
 
