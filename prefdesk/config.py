@@ -95,7 +95,11 @@ class DataSettings(_Strict):
     )
     eval: str = EMBEDDED_EVAL
     max_length: int = Field(512, ge=16, description="the one token limit: data desk, training and drift")
-    too_long: Literal["quarantine", "truncate"] = "quarantine"
+    too_long: Literal["quarantine", "truncate"] = Field(
+        "truncate",
+        description="a pair over max_length: truncate (training keeps the answer and the end of the prompt, "
+        "as prefdesk.engine.tokenize.encode does; the desk counts them) or quarantine",
+    )
     low_agreement: Literal["keep", "quarantine"] = "quarantine"
     limit: Count | None = Field(None, description="use at most this many accepted pairs")
     checks: CheckThresholds = CheckThresholds()
