@@ -71,6 +71,9 @@ class CheckThresholds(_Strict):
     max_boilerplate_share: Share = 0.3
     min_agreement: Share = 0.5
     min_kappa: float = Field(0.2, ge=-1.0, le=1.0)
+    min_label_direction: Share = Field(
+        0.25, description="probably flipped labels: some independent signal agrees with the labels so rarely that "
+        "the upper end of its 95% interval is below this (0: never flag)")
     max_eval_leakage: int = Field(0, ge=0)
 
 
@@ -101,6 +104,9 @@ class DataSettings(_Strict):
         "as prefdesk.engine.tokenize.encode does; the desk counts them) or quarantine",
     )
     low_agreement: Literal["keep", "quarantine"] = "quarantine"
+    direction_sample: int = Field(
+        64, ge=0, description="pairs the reference model scores for the label-direction check, when the caller "
+        "has the policy loaded (0: skip)")
     limit: Count | None = Field(None, description="use at most this many accepted pairs")
     checks: CheckThresholds = CheckThresholds()
     fail_on_data_gates: bool = True

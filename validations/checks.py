@@ -350,6 +350,37 @@ class Agreement(Check):
                     f"(min {d.th.min_kappa})"))
 
 
+class LabelDirection(Check):
+    """Labels read the wrong way round: independent signals agree with them far below chance
+    (`validations.direction`)."""
+
+    name = "label_direction"
+
+    def summary(self, d):
+        from validations.direction import estimate
+
+        pairs = [d.read.pairs[int(r)] for r in d.accepted["row"]]
+        est = estimate(pairs, d.wins, policy=d.policy, max_length=d.settings.max_length,
+                       sample=d.settings.direction_sample, threshold=d.th.min_label_direction)
+        d.scratch[self.name] = est
+        worst = est.worst()
+        return {"label_direction": worst.agreement if worst else float("nan"),
+                "label_direction_high": worst.high if worst else float("nan")}
+
+    def summary_expectations(self, d):
+        return [_gx().gxe.ExpectColumnValuesToBeBetween(column="label_direction_high",
+                                                        min_value=d.th.min_label_direction,
+                                                        meta=_m(self.name, "label_direction_high"))]
+
+    def report(self, d):
+        est = d.scratch[self.name]
+        worst = est.worst()
+        return Outcome(
+            figure=round(d.value("label_direction"), 4), threshold=d.th.min_label_direction, reason=est.reason(),
+            figures={"probably_flipped": est.flipped, "worst": worst.name if worst else None,
+                     "signals": {s.name: s.to_dict() for s in est.signals}, "min_decisive": est.min_decisive})
+
+
 class LengthBias(Check):
     name = "length_bias"
 
@@ -516,5 +547,6 @@ def reason_key(reason: str) -> str:
 # Quarantine priority and report order: the first check whose rule takes a row names its reason.
 CHECKS: list[Check] = [
     Schema(), Truncation(), Degenerate(), CaseOnly(), Duplicates(), NearDuplicates(), LabelConsistency(), Agreement(),
+    LabelDirection(),
     LengthBias(), RefusalBias(), Boilerplate(), ShallowFeatures(), EvalLeakage(), QuarantinedShare(),
 ]
