@@ -96,7 +96,8 @@ class Runner:
 
     def __init__(self, docs_dir: Path | None):
         self.context = gx.get_context(mode="ephemeral")
-        self.docs_dir = docs_dir
+        # GX's filesystem store refuses a relative base directory (after the checks ran).
+        self.docs_dir = docs_dir = None if docs_dir is None else Path(docs_dir).resolve()
         if docs_dir is not None:
             self.context.add_data_docs_site(
                 "prefdesk",
