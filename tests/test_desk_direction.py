@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from prefdesk.config import CheckThresholds, DataSettings
-from prefdesk.readers import read_pairs
 from validations.desk import run_data_desk
 from validations.direction import estimate, signal, wilson
 

@@ -40,7 +40,7 @@ import pandas as pd
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import great_expectations as gx  # noqa: E402
-import great_expectations.expectations as gxe  # noqa: E402
+import great_expectations.expectations as gxe  # noqa: E402 - the checks build theirs from it
 from great_expectations.execution_engine import PandasExecutionEngine  # noqa: E402
 from great_expectations.expectations.expectation import ColumnPairMapExpectation  # noqa: E402
 from great_expectations.expectations.metrics.map_metric_provider import (  # noqa: E402
