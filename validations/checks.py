@@ -19,6 +19,7 @@ great_expectations is imported only inside the methods (see `validations.gx_suit
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -71,8 +72,9 @@ class Desk:
     def n_acc(self) -> int:
         return 0 if self.accepted is None else len(self.accepted)
 
-    @property
+    @functools.cached_property
     def ids(self) -> np.ndarray:
+        """Pair ids by row position (built once: the reports index it per offending row)."""
         return self.rows["id"].to_numpy()
 
     def offending(self, label: str) -> list[int]:

@@ -294,6 +294,7 @@ def _write(out: Path, rows_in: int, accepted: list[Pair], quarantined: list[Quar
         for q in quarantined:
             fh.write(json.dumps({"file": q.source, "line": q.line, "reason": q.reason, "check": q.check,
                                  "id": q.id, "raw": q.raw}, ensure_ascii=False) + "\n")
+    clock.lap("write")
     docs = runner.build_docs()
     clock.lap("data_docs")
     failed = [f"{c.name}: {c.reason}" for c in checks if c.gate and not c.passed]
