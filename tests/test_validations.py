@@ -314,3 +314,40 @@ def test_ties_are_quarantined_but_not_counted_as_defects(tmp_path):
     assert rep.quarantine_reasons == {"tie": 9} and rep.accepted == 21
     share = rep.check("quarantined_share")
     assert share.passed and share.figure == 0.0 and "9 ties" in share.reason
+
+
+def test_the_gx_result_is_the_verdict_and_a_check_is_added_in_one_place(tmp_path, monkeypatch):
+    from validations import checks as C
+
+    rows = clean_rows(40)
+    for r in rows[:30]:
+        r["chosen"] = r["rejected"] + " And more words to make it longer, clearly."
+    rows[0]["rejected"] = rows[0]["chosen"]
+
+    class ShortPrompts(C.Check):
+        """A new check: one class, one list entry; it quarantines, gates and reports."""
+
+        name = "short_prompts"
+
+        def row_expectations(self, d):
+            return [C._gx().gxe.ExpectColumnValueLengthsToBeBetween(
+                column="prompt_text", min_value=20, mostly=0.9, meta=C._m(self.name, "prompt_length"))]
+
+        def quarantine(self, d):
+            return ((i, "short prompt") for i in d.offending("prompt_length"))
+
+        def report(self, d):
+            return C.Outcome(figure=float(len(d.offending("prompt_length"))), threshold=0.9, reason="prompts")
+
+    rows[1]["prompt"] = "Hi"
+    monkeypatch.setattr(C, "CHECKS", [*C.CHECKS, ShortPrompts()])
+    monkeypatch.setattr("validations.desk.CHECKS", C.CHECKS)
+    rep = desk(tmp_path, rows, data_docs=True)
+    for c in rep.checks:
+        if c.gate:  # the gate is its expectations' success, nothing recomputed beside it
+            assert c.passed == all(c.expectations.values()), c.name
+    assert {"degenerate", "length_bias"} <= {f.split(":")[0] for f in rep.failed}
+    assert rep.check("length_bias").expectations == {"chosen_longer_share": False}
+    new = rep.check("short_prompts")
+    assert new.passed and new.expectations == {"prompt_length": True} and new.quarantined == 1
+    assert rep.metrics()["data/check/short_prompts"] == 1.0 and rep.quarantine_reasons["short prompt"] == 1

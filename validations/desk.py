@@ -47,6 +47,7 @@ class CheckResult:
     figures: dict[str, Any] = field(default_factory=dict)
     offending_ids: list[str] = field(default_factory=list)
     quarantined: int = 0          # pairs this check removed from the accepted set
+    expectations: dict[str, bool] = field(default_factory=dict)  # GX expectation label -> success: the verdict
 
     def to_dict(self, max_ids: int = 200) -> dict[str, Any]:
         d = asdict(self)
@@ -277,7 +278,8 @@ def _result(check: Check, d: Desk) -> CheckResult:
     quarantined = d.read_quarantined(check.name) + len(d.quarantined_by(check.name))
     return CheckResult(name=check.name, figure=o.figure, threshold=o.threshold if check.gate else None,
                        passed=all(r.success for r in own) if check.gate else True, reason=o.reason, gate=check.gate,
-                       figures=o.figures, offending_ids=o.offending_ids, quarantined=quarantined)
+                       figures=o.figures, offending_ids=o.offending_ids, quarantined=quarantined,
+                       expectations={r.label: r.success for r in own})
 
 
 def _quarantined(pair: Pair, check: str, why: str) -> Quarantined:
