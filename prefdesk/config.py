@@ -71,6 +71,9 @@ class CheckThresholds(_Strict):
     max_boilerplate_share: Share = 0.3
     min_agreement: Share = 0.5
     min_kappa: float = Field(0.2, ge=-1.0, le=1.0)
+    min_label_direction: Share = Field(
+        0.25, description="probably flipped labels: some independent signal agrees with the labels so rarely that "
+        "the upper end of its 95% interval is below this (0: never flag)")
     max_eval_leakage: int = Field(0, ge=0)
 
 
@@ -95,8 +98,15 @@ class DataSettings(_Strict):
     )
     eval: str = EMBEDDED_EVAL
     max_length: int = Field(512, ge=16, description="the one token limit: data desk, training and drift")
-    too_long: Literal["quarantine", "truncate"] = "quarantine"
+    too_long: Literal["quarantine", "truncate"] = Field(
+        "truncate",
+        description="a pair over max_length: truncate (training keeps the answer and the end of the prompt, "
+        "as prefdesk.engine.tokenize.encode does; the desk counts them) or quarantine",
+    )
     low_agreement: Literal["keep", "quarantine"] = "quarantine"
+    direction_sample: int = Field(
+        64, ge=0, description="pairs the reference model scores for the label-direction check, when the caller "
+        "has the policy loaded (0: skip)")
     limit: Count | None = Field(None, description="use at most this many accepted pairs")
     checks: CheckThresholds = CheckThresholds()
     fail_on_data_gates: bool = True

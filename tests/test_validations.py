@@ -65,7 +65,7 @@ def test_bad_input_quarantined_with_lines_and_reasons(tmp_path):
     rows = clean_rows(40)
     rows[3] = '{"prompt": "broken'
     rows[5] = {"prompt": "p", "chosen": "x"}
-    rows[7] = {"prompt": "p", "chosen": "Same answer", "rejected": "same   ANSWER"}
+    rows[7] = {"prompt": "p", "chosen": "Same answer", "rejected": " Same   answer\n"}
     rows.append(rows[10])  # line 41: a duplicate
     rep = desk(tmp_path, rows)
     q = [json.loads(x) for x in Path(rep.quarantine_path).read_text().splitlines()]
@@ -82,11 +82,24 @@ def test_bad_input_quarantined_with_lines_and_reasons(tmp_path):
 def test_degenerate_fails_gate(tmp_path):
     rows = clean_rows(30)
     rows[0]["rejected"] = rows[0]["chosen"]
-    rows[1]["rejected"] = " " + rows[1]["chosen"].upper() + "\n"
+    rows[1]["rejected"] = " " + rows[1]["chosen"].replace(" ", "  ") + "\n"
     rep = desk(tmp_path, rows)
     c = rep.check("degenerate")
     assert not c.passed and c.figures == {"identical": 1, "identical_after_folding": 1}
     assert rep.quarantined == 2 and not rep.passed and any(f.startswith("degenerate") for f in rep.failed)
+
+
+def test_case_only_difference_is_a_finding_not_degenerate(tmp_path):
+    # A capitalisation task: the answers differ only in case, and that is the point.
+    rows = clean_rows(30)
+    rows[0].update(prompt="Capitalise: paris is in france", chosen="Paris is in France", rejected="paris is in france")
+    rows[1].update(prompt="Title case: the old man", chosen="The Old Man", rejected="the  old man ")
+    rep = desk(tmp_path, rows, data_docs=False)
+    assert rep.passed, rep.failed
+    assert rep.quarantined == 0 and rep.check("degenerate").figure == 0.0
+    case = rep.check("case_only")
+    assert case.figure == 2 and not case.gate and case.figures == {"pairs": 2}
+    assert rep.metrics()["data/check/case_only"] == 2
 
 
 def test_duplicates_same_pair_in_two_files_is_one_pair(tmp_path):
@@ -181,11 +194,16 @@ def test_eval_leakage(tmp_path):
 def test_too_long_quarantine_or_keep(tmp_path):
     rows = clean_rows(30)
     rows[0]["chosen"] = "word " * 1000
-    rep = desk(tmp_path, rows, DataSettings(max_length=512), data_docs=False)
+    rep = desk(tmp_path, rows, DataSettings(max_length=512, too_long="quarantine"), data_docs=False)
     assert rep.quarantined == 1 and rep.quarantine_reasons == {"too long": 1}
-    assert rep.check("schema").figures["too_long"] == 1
-    keep = desk(tmp_path, rows, DataSettings(max_length=512, too_long="truncate"), data_docs=False)
-    assert keep.quarantined == 0 and keep.check("schema").figures["too_long"] == 1
+    assert rep.check("schema").figures["too_long"] == 1 and rep.check("truncation").figure == 0.0
+    # the default: kept, truncated at train time, and counted
+    assert DataSettings().too_long == "truncate"
+    keep = desk(tmp_path, rows, DataSettings(max_length=512), data_docs=False)
+    assert keep.quarantined == 0 and keep.passed and keep.check("schema").figures["too_long"] == 1
+    t = keep.check("truncation")
+    assert t.figures["truncated"] == 1 and t.figure == pytest.approx(1 / 30, abs=1e-3) and not t.gate
+    assert "answer and the end of the prompt" in t.reason
 
 
 class _CharTokenizer:
@@ -204,7 +222,8 @@ class _CharTokenizer:
 def test_too_long_with_tokenizer(tmp_path):
     rows = clean_rows(10)
     rows[0]["chosen"] = "x" * 600
-    rep = desk(tmp_path, rows, DataSettings(max_length=500), tokenizer=_CharTokenizer(), data_docs=False)
+    rep = desk(tmp_path, rows, DataSettings(max_length=500, too_long="quarantine"), tokenizer=_CharTokenizer(),
+               data_docs=False)
     assert rep.quarantine_reasons == {"too long": 1}
 
 
@@ -295,3 +314,40 @@ def test_ties_are_quarantined_but_not_counted_as_defects(tmp_path):
     assert rep.quarantine_reasons == {"tie": 9} and rep.accepted == 21
     share = rep.check("quarantined_share")
     assert share.passed and share.figure == 0.0 and "9 ties" in share.reason
+
+
+def test_the_gx_result_is_the_verdict_and_a_check_is_added_in_one_place(tmp_path, monkeypatch):
+    from validations import checks as C
+
+    rows = clean_rows(40)
+    for r in rows[:30]:
+        r["chosen"] = r["rejected"] + " And more words to make it longer, clearly."
+    rows[0]["rejected"] = rows[0]["chosen"]
+
+    class ShortPrompts(C.Check):
+        """A new check: one class, one list entry; it quarantines, gates and reports."""
+
+        name = "short_prompts"
+
+        def row_expectations(self, d):
+            return [C._gx().gxe.ExpectColumnValueLengthsToBeBetween(
+                column="prompt_text", min_value=20, mostly=0.9, meta=C._m(self.name, "prompt_length"))]
+
+        def quarantine(self, d):
+            return ((i, "short prompt") for i in d.offending("prompt_length"))
+
+        def report(self, d):
+            return C.Outcome(figure=float(len(d.offending("prompt_length"))), threshold=0.9, reason="prompts")
+
+    rows[1]["prompt"] = "Hi"
+    monkeypatch.setattr(C, "CHECKS", [*C.CHECKS, ShortPrompts()])
+    monkeypatch.setattr("validations.desk.CHECKS", C.CHECKS)
+    rep = desk(tmp_path, rows, data_docs=True)
+    for c in rep.checks:
+        if c.gate:  # the gate is its expectations' success, nothing recomputed beside it
+            assert c.passed == all(c.expectations.values()), c.name
+    assert {"degenerate", "length_bias"} <= {f.split(":")[0] for f in rep.failed}
+    assert rep.check("length_bias").expectations == {"chosen_longer_share": False}
+    new = rep.check("short_prompts")
+    assert new.passed and new.expectations == {"prompt_length": True} and new.quarantined == 1
+    assert rep.metrics()["data/check/short_prompts"] == 1.0 and rep.quarantine_reasons["short prompt"] == 1

@@ -52,9 +52,17 @@ def _arrow(values) -> pa.Array:
     return pa.array(values, type=pa.large_string())
 
 
+def fold_whitespace_arrow(arr: pa.Array) -> pa.Array:
+    """Whitespace-collapsed and trimmed, case kept: what "the same answer" means for the
+    degenerate check (answers that differ only in case can be the point of a pair: a
+    capitalisation task), so case never makes a pair degenerate."""
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(arr, r"\s+", " "))
+
+
 def normalize_arrow(arr: pa.Array) -> pa.Array:
-    """Lower-cased, whitespace-collapsed, trimmed (Arrow kernels, RE2)."""
-    return pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(arr), r"\s+", " "))
+    """Lower-cased, whitespace-collapsed, trimmed (Arrow kernels, RE2): prompt identity
+    (leakage, near duplicates) and the case-only finding."""
+    return fold_whitespace_arrow(pc.utf8_lower(arr))
 
 
 def normalize_series(s: pd.Series) -> pd.Series:
@@ -93,6 +101,7 @@ def pair_frame(pairs: Sequence[Pair], tokenizer=None) -> pd.DataFrame:
     c_strip, r_strip = pc.utf8_trim_whitespace(chosen), pc.utf8_trim_whitespace(rejected)
     c_norm, r_norm = normalize_arrow(chosen), normalize_arrow(rejected)
     ch, rh = _codes(c_strip, r_strip)
+    cwh, rwh = _codes(fold_whitespace_arrow(chosen), fold_whitespace_arrow(rejected))
     cnh, rnh = _codes(c_norm, r_norm)
     df = pd.DataFrame({
         "id": [p.id for p in pairs],
@@ -102,7 +111,9 @@ def pair_frame(pairs: Sequence[Pair], tokenizer=None) -> pd.DataFrame:
         "agreement": [float(p.meta["agreement"]) if isinstance(p.meta.get("agreement"), (int, float))
                       and int(p.meta.get("n_annotators", 0) or 0) > 1 else np.nan for p in pairs],
         # Integer twins of the texts (equal code <=> equal text): cheap for GX to compare.
-        "chosen_hash": ch, "rejected_hash": rh, "chosen_norm_hash": cnh, "rejected_norm_hash": rnh,
+        # (norm: case- and whitespace-folded; ws: whitespace-folded only)
+        "chosen_hash": ch, "rejected_hash": rh, "chosen_ws_hash": cwh, "rejected_ws_hash": rwh,
+        "chosen_norm_hash": cnh, "rejected_norm_hash": rnh,
         "chosen_chars": pc.utf8_length(chosen).to_numpy(zero_copy_only=False).astype(np.int64),
         "rejected_chars": pc.utf8_length(rejected).to_numpy(zero_copy_only=False).astype(np.int64),
     })

@@ -1,17 +1,20 @@
 """The data checks as Great Expectations 1.x suites.
 
-Imported lazily (only by `validations.desk.run_data_desk`): great_expectations takes about
-three seconds to import, and nothing that `prefdesk` imports may pay that.
+Imported lazily (only by `validations.desk.run_data_desk` and the checks' methods):
+great_expectations takes about three seconds to import, and nothing that `prefdesk`
+imports may pay that. The expectations themselves live with their checks
+(`validations.checks`); this module runs them.
 
-Two suites run over pandas DataFrames through an ephemeral context, a pandas data source
+Three suites run over pandas DataFrames through an ephemeral context, a pandas data source
 and a whole-dataframe batch definition:
 
-- ``prefdesk_rows``: row-level expectations over every pair read (schema, too long,
-  degenerate, duplicates, contradictions, low agreement, eval leakage). Results come back
-  in COMPLETE format with the frame's ``row`` position as the unexpected-index column (ids
-  are not unique before de-duplication): those rows are the offending pairs that the desk quarantines.
-- ``prefdesk_dataset``: dataset-level expectations over the accepted pairs (length bias,
-  refusal bias, one-sided boilerplate, the shallow-feature win rates, near duplicates).
+- ``prefdesk_rows``: row-level expectations over every pair read. Results come back in
+  COMPLETE format with the frame's ``row`` position as the unexpected-index column (ids
+  are not unique before de-duplication): those rows are the offending pairs that the
+  checks' quarantine rules take.
+- ``prefdesk_dataset``: dataset-level expectations over the accepted pairs.
+- ``prefdesk_summary``: one row of figures that are no column statistic (shares of the
+  input rows, Fleiss' kappa, leaked prompts, the label-direction estimate) and their bounds.
 
 Data Docs are built into ``out_dir/data_docs`` through a filesystem site added to the
 ephemeral context (this works in GX 1.x: the validation results live in the in-memory
@@ -37,7 +40,7 @@ import pandas as pd
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import great_expectations as gx  # noqa: E402
-import great_expectations.expectations as gxe  # noqa: E402
+import great_expectations.expectations as gxe  # noqa: E402 - the checks build theirs from it
 from great_expectations.execution_engine import PandasExecutionEngine  # noqa: E402
 from great_expectations.expectations.expectation import ColumnPairMapExpectation  # noqa: E402
 from great_expectations.expectations.metrics.map_metric_provider import (  # noqa: E402
@@ -93,7 +96,8 @@ class Runner:
 
     def __init__(self, docs_dir: Path | None):
         self.context = gx.get_context(mode="ephemeral")
-        self.docs_dir = docs_dir
+        # GX's filesystem store refuses a relative base directory (after the checks ran).
+        self.docs_dir = docs_dir = None if docs_dir is None else Path(docs_dir).resolve()
         if docs_dir is not None:
             self.context.add_data_docs_site(
                 "prefdesk",
@@ -135,54 +139,3 @@ class Runner:
             return None
         self.context.build_data_docs(site_names=["prefdesk"])
         return self.docs_dir
-
-
-def _m(check: str, label: str) -> dict[str, str]:
-    return {"check": check, "label": label}
-
-
-def row_expectations(settings, has_agreement: bool, eval_norms: list[str] | None) -> list:
-    t = settings.checks
-    exps = [
-        gxe.ExpectColumnValuesToNotBeNull(column="id", meta=_m("schema", "id_present")),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="prompt_text", min_value=1, meta=_m("schema", "prompt_nonempty")),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="chosen_strip", min_value=1, meta=_m("schema", "chosen_nonempty")),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="rejected_strip", min_value=1, meta=_m("schema", "rejected_nonempty")),
-        gxe.ExpectColumnValuesToBeBetween(column="max_tokens", max_value=settings.max_length,
-                                          meta=_m("schema", "too_long")),
-        ExpectColumnPairValuesToDiffer(column_A="chosen_hash", column_B="rejected_hash",
-                                       mostly=1.0 - t.max_degenerate_share, meta=_m("degenerate", "identical")),
-        ExpectColumnPairValuesToDiffer(column_A="chosen_norm_hash", column_B="rejected_norm_hash",
-                                       mostly=1.0 - t.max_degenerate_share,
-                                       meta=_m("degenerate", "identical_after_folding")),
-        gxe.ExpectColumnValuesToBeNull(column="duplicate_of", mostly=1.0 - t.max_duplicate_share,
-                                       meta=_m("duplicates", "second_copy")),
-        gxe.ExpectColumnValuesToBeNull(column="contradiction_of", mostly=1.0 - t.max_contradiction_share,
-                                       meta=_m("label_consistency", "contradiction")),
-    ]
-    if has_agreement:
-        exps.append(gxe.ExpectColumnValuesToBeBetween(column="agreement", min_value=t.min_agreement,
-                                                      meta=_m("label_consistency", "low_agreement")))
-    if eval_norms:
-        exps.append(gxe.ExpectColumnValuesToNotBeInSet(column="prompt_norm", value_set=sorted(set(eval_norms)),
-                                                       meta=_m("eval_leakage", "eval_prompt_in_train")))
-    return exps
-
-
-def dataset_expectations(settings, win_cols: list[str]) -> list:
-    t = settings.checks
-    exps = [
-        gxe.ExpectColumnMeanToBeBetween(column="win_length_chars", min_value=1.0 - t.max_length_bias,
-                                        max_value=t.max_length_bias, meta=_m("length_bias", "chosen_longer_share")),
-        gxe.ExpectColumnMeanToBeBetween(column="refusal_diff", min_value=-t.max_refusal_bias,
-                                        max_value=t.max_refusal_bias, meta=_m("refusal_bias", "refusal_rate_diff")),
-        gxe.ExpectColumnMeanToBeBetween(column="boilerplate", max_value=t.max_boilerplate_share,
-                                        meta=_m("boilerplate", "one_sided_share")),
-        gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(column="prompt_all_norm", min_value=0.0,
-                                                            meta=_m("near_duplicates", "unique_prompt_share")),
-    ]
-    acc = t.max_shallow_feature_accuracy
-    for col in win_cols:
-        exps.append(gxe.ExpectColumnMeanToBeBetween(column=col, min_value=1.0 - acc, max_value=acc,
-                                                    meta=_m("shallow_features", col.removeprefix("win_"))))
-    return exps
