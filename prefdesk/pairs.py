@@ -83,9 +83,10 @@ class Quarantined:
 
 
 def write_pairs_jsonl(pairs: list[Pair], path: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for p in pairs:
-            fh.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+    """Whole or not at all (a full disk leaves the previous file, never half of one)."""
+    from prefdesk.atomic import write_text
+
+    write_text(path, "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in pairs))
 
 
 def read_pairs_jsonl(path: str) -> list[Pair]:

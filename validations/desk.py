@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from prefdesk.atomic import write_text
 from prefdesk.config import DataSettings, PrefdeskConfig
 from prefdesk.pairs import Pair, Quarantined, write_pairs_jsonl
 from prefdesk.readers import read_pairs
@@ -292,10 +293,9 @@ def _write(out: Path, rows_in: int, accepted: list[Pair], quarantined: list[Quar
     """accepted_pairs.jsonl, quarantine.jsonl, Data Docs and data_report.json."""
     accepted_path, quarantine_path = out / "accepted_pairs.jsonl", out / "quarantine.jsonl"
     write_pairs_jsonl(accepted, str(accepted_path))
-    with open(quarantine_path, "w", encoding="utf-8") as fh:
-        for q in quarantined:
-            fh.write(json.dumps({"file": q.source, "line": q.line, "reason": q.reason, "check": q.check,
-                                 "id": q.id, "raw": q.raw}, ensure_ascii=False) + "\n")
+    write_text(quarantine_path, "".join(
+        json.dumps({"file": q.source, "line": q.line, "reason": q.reason, "check": q.check, "id": q.id, "raw": q.raw},
+                   ensure_ascii=False) + "\n" for q in quarantined))
     clock.lap("write")
     docs = runner.build_docs()
     clock.lap("data_docs")
@@ -306,5 +306,5 @@ def _write(out: Path, rows_in: int, accepted: list[Pair], quarantined: list[Quar
         docs_dir=str(docs) if docs else None, dataset_hash=dataset_hash([p.id for p in accepted]),
         quarantine_reasons=dict(Counter(reason_key(q.reason) for q in quarantined).most_common()),
         seconds=clock.total(), report_path=str(out / "data_report.json"))
-    Path(report.report_path).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    write_text(report.report_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     return report
