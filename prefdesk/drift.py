@@ -103,6 +103,10 @@ class _Progress:
         self.bar.close()
 
 
+def _role_name(role: str) -> str:
+    return {REFERENCE: "reference", POLICY: "policy"}.get(role, role)
+
+
 def generate(policy: Policy, prompts: list[tuple[str, str]], settings: EvalSettings, role: str = POLICY,
              progress: bool = True) -> list[Generation]:
     """Greedy answers of one role (policy or reference) from the engine's batched sampler.
@@ -113,7 +117,7 @@ def generate(policy: Policy, prompts: list[tuple[str, str]], settings: EvalSetti
     sampler = Sampler(policy, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                       max_prompt_tokens=MAX_PROMPT_TOKENS, progress=progress)
     s = sampler.sample([user(p) for p, _ in prompts], n=1, temperature=0.0, role=role,
-                       desc=f"eval: generating ({'reference' if role == REFERENCE else role})")
+                       desc=f"eval: generating ({_role_name(role)})")
     return [Generation(p, expect, s.prompt_ids[i], s.answer_ids[i], s.text[i], s.finished[i])
             for i, (p, expect) in enumerate(prompts)]
 
@@ -131,13 +135,18 @@ def score_answers(policy: Policy, items: Sequence[tuple[list, Sequence[str]]], s
     The engine's shared-prompt path (`answers_logps`): the options of one MC question, the two
     answers of a held-out pair, run their prompt once. Scored in a few slices only to show progress.
     """
+    # Slices of similar length (roughly, by characters), so slicing costs little padding.
+    order = sorted(range(len(items)), key=lambda i: sum(len(m["content"]) for m in items[i][0])
+                   + max((len(a) for a in items[i][1]), default=0))
     bar = _Progress(len(items), desc, "item", progress)
-    out: list[list[tuple[float, float]]] = []
+    out: list[list[tuple[float, float]]] = [[] for _ in items]
     try:
-        for idx in _chunks(len(items), SCORE_CHUNKS):
+        for piece in _chunks(len(order), SCORE_CHUNKS):
+            idx = [order[k] for k in piece]
             part = answers_logps(policy, [items[i] for i in idx], role=role, max_length=max_length,
                                  batch_size=settings.batch_size)
-            out.extend(part)
+            for i, row in zip(idx, part):
+                out[i] = row
             bar.update(len(idx), int(sum(n for row in part for _, n in row)))
     finally:
         bar.close()
@@ -198,12 +207,13 @@ def _rate(flags: list[bool]) -> float:
 def _side(policy: Policy, role: str, evalset: EvalSet, settings: EvalSettings, max_length: int,
           progress: bool) -> dict:
     """Everything measurable on one role (policy or reference) alone."""
-    name = "reference" if role == REFERENCE else "policy"
+    name = _role_name(role)
     prompts = [(p, "answer") for p in evalset.answer] + [(p, "refuse") for p in evalset.refuse]
     gens = generate(policy, prompts, settings, role=role, progress=progress)
     mc = score_answers(policy, [(user(m.question), (m.true, *m.false)) for m in evalset.mc], settings, role,
                        f"eval: factuality options ({name})", max_length, progress)
-    correct = [(lambda sc: sc[0] > max(sc[1:]))([s / max(n, 1) for s, n in opts]) for opts in mc]
+    means = [[s / max(n, 1) for s, n in opts] for opts in mc]  # mean token log-prob: true first
+    correct = [m[0] > max(m[1:]) for m in means]
     pairs = score_answers(policy, [(p.prompt, (p.chosen, p.rejected)) for p in evalset.pairs], settings, role,
                           f"eval: held-out pairs ({name})", max_length, progress)
     chosen, rejected = [c for c, _ in pairs], [r for _, r in pairs]
