@@ -45,7 +45,7 @@ from prefdesk.engine.generate import Sampler
 from prefdesk.engine.logprobs import answers_logps, compute_context, hidden_states, unwrap
 from prefdesk.engine.tokenize import Encoded
 from prefdesk.evalsets import EvalSet, user
-from prefdesk.judges import RubricJudge, is_looping  # noqa: F401  (is_looping: drift's loop test, re-exported)
+from prefdesk.judges import RubricJudge
 from prefdesk.models import POLICY, REFERENCE, Policy
 from prefdesk.refusal import is_refusal
 
