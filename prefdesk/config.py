@@ -158,12 +158,19 @@ class EvalSettings(_Strict):
 
 class Gate(_Strict):
     """A bound on one drift metric: absolute, relative to the reference's figure on the same
-    prompts, or relative to the current champion's (so a nightly cannot slowly slide)."""
+    prompts, or relative to the current champion's (so a nightly cannot slowly slide).
+
+    An optimizer gate (`when_present`) bounds a figure only some optimizers report (a reward
+    model's held-out accuracy, PPO's KL): it applies when the run measured its figure and is
+    left out otherwise, where a drift gate on an unmeasured figure fails. `magnitude` bounds
+    |value| (a correlation that is bad either way)."""
 
     metric: str
     op: Literal["<=", ">="]
     bound: float
     relative_to: Literal["absolute", "reference", "champion"] = "absolute"
+    when_present: bool = False
+    magnitude: bool = False
 
 
 def default_gates() -> dict[str, Gate]:
@@ -192,6 +199,14 @@ def default_gates() -> dict[str, Gate]:
             metric="drift/pair_accuracy", op=">=", bound=0.0, relative_to="reference"
         ),
         "win_rate": Gate(metric="drift/win_rate", op=">=", bound=0.5),
+        # Optimizer gates: train-time figures (train.json `gated`), only where an optimizer reports them.
+        # A reward model that did not learn the preference on prompts it never saw (0.5 is chance)...
+        "rm_pair_accuracy": Gate(metric="rm/pair_accuracy", op=">=", bound=0.6, when_present=True),
+        # ...or whose reward is mostly answer length, teaches PPO and best-of-n to pad (or to cut).
+        "rm_length_bias": Gate(metric="rm/length_correlation", op="<=", bound=0.5, when_present=True,
+                               magnitude=True),
+        # PPO's last rollout, KL per token against the reference: the same leash as kl_budget.
+        "ppo_kl_budget": Gate(metric="ppo/kl", op="<=", bound=0.1, when_present=True),
     }
 
 

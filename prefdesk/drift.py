@@ -19,26 +19,41 @@ true vs false answers, refusal from what the model actually says.
 - win rate: policy answer vs reference answer on each prompt, judged by a transparent
   rubric (right refusal decision first, then finishing within budget, then no loops);
   ties count half, so the reference against itself scores exactly 0.5.
+- reward-model score (only when the run trained or was given a learned reward model): the
+  judge's mean score of the policy's answers, and of the reference's, on the same prompts.
+  A proxy, reported next to the guard rails, never in place of them.
+
+One engine for all of it: the answers come from the engine's sampler (`engine.generate`,
+greedy, batched, each role in turn), the MC options and held-out pairs from its shared-prompt
+scoring (`engine.logprobs.answers_logps`: a question's options run the prompt once). Each
+phase shows its progress as the engine does (a bar with tokens/s).
 """
 
 from __future__ import annotations
 
 import json
-import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
 from prefdesk.config import EvalSettings
 from prefdesk.engine.batching import pad_sequences
-from prefdesk.engine.logprobs import compute_context, sequence_logps
-from prefdesk.engine.tokenize import Encoded, encode, encode_prompt
+from prefdesk.engine.generate import Sampler
+from prefdesk.engine.logprobs import answers_logps, compute_context, hidden_states, unwrap
+from prefdesk.engine.tokenize import Encoded
 from prefdesk.evalsets import EvalSet, user
-from prefdesk.models import Policy
+from prefdesk.judges import RubricJudge
+from prefdesk.models import POLICY, REFERENCE, Policy
 from prefdesk.refusal import is_refusal
 
+if TYPE_CHECKING:
+    from prefdesk.judges import Judge
+
 MAX_PROMPT_TOKENS = 384
+SCORE_CHUNKS = 8  # progress updates per log-prob scoring phase
 DRIFT_NAMES = (
     "kl_per_token",
     "kl_per_response",
@@ -52,6 +67,8 @@ DRIFT_NAMES = (
     "reward_mean",
     "reward_accuracy",
 )
+# Figures measured only when the run has what they need (a learned reward model).
+OPTIONAL_NAMES = ("reward_model_score",)
 
 
 @dataclass
@@ -68,117 +85,138 @@ class Generation:
         return is_refusal(self.text)
 
 
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[tuple[str, str]], settings: EvalSettings, device) -> list[Generation]:
-    """Greedy answers, batched with left padding; deterministic, so policy and reference compare fairly."""
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
-    results: dict[int, Generation] = {}
-    for start in range(0, len(order), settings.batch_size):
-        idx = order[start : start + settings.batch_size]
-        enc = [encode_prompt(tokenizer, user(prompts[i][0]), MAX_PROMPT_TOKENS) for i in idx]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for r, e in enumerate(enc):
-            ids[r, width - len(e) :] = torch.tensor(e)
-            attn[r, width - len(e) :] = 1
-        gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=attn.to(device),
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=False,
-            use_cache=True,
-            eos_token_id=eos,
-            pad_token_id=pad,
-        )[:, width:].cpu()
-        for r, i in enumerate(idx):
-            row = gen[r].tolist()
-            finished = eos in row
-            answer = row[: row.index(eos)] if finished else row
-            text = tokenizer.decode(answer, skip_special_tokens=True)
-            results[i] = Generation(prompts[i][0], prompts[i][1], enc[r], answer, text, finished)
-    return [results[i] for i in range(len(prompts))]
+class _Progress:
+    """One eval phase's progress the way the engine shows it (a tqdm bar, tokens/s as postfix)."""
+
+    def __init__(self, total: int, desc: str, unit: str, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
+        self.t0, self.tokens = time.perf_counter(), 0
+
+    def update(self, items: int, tokens: int) -> None:
+        self.tokens += tokens
+        self.bar.update(items)
+        self.bar.set_postfix(tok_s=f"{self.tokens / max(time.perf_counter() - self.t0, 1e-9):.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
-@torch.no_grad()
-def _mean_logps(model, tokenizer, items: list[tuple[list, str]], settings: EvalSettings, device, max_length: int = 512) -> list[tuple[float, float]]:
-    """(sum log-prob, token count) of each (prompt messages, answer)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out: list[tuple[float, float]] = []
-    for start in range(0, len(items), settings.batch_size):
-        chunk = [encode(tokenizer, p, a, max_length) for p, a in items[start : start + settings.batch_size]]
-        b = {k: v.to(device) for k, v in pad_sequences(chunk, pad).items()}
-        s, n = sequence_logps(model, b["input_ids"], b["attention_mask"], b["answer_mask"])
-        out.extend(zip(s.float().tolist(), n.float().tolist()))
+def _role_name(role: str) -> str:
+    return {REFERENCE: "reference", POLICY: "policy"}.get(role, role)
+
+
+def generate(policy: Policy, prompts: list[tuple[str, str]], settings: EvalSettings, role: str = POLICY,
+             progress: bool = True) -> list[Generation]:
+    """Greedy answers of one role (policy or reference) from the engine's batched sampler.
+
+    Greedy, so deterministic: the policy and the reference answer the same prompts the same way
+    every run, and any difference between them is the adapter's.
+    """
+    sampler = Sampler(policy, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                      max_prompt_tokens=MAX_PROMPT_TOKENS, progress=progress)
+    s = sampler.sample([user(p) for p, _ in prompts], n=1, temperature=0.0, role=role,
+                       desc=f"eval: generating ({_role_name(role)})")
+    return [Generation(p, expect, s.prompt_ids[i], s.answer_ids[i], s.text[i], s.finished[i])
+            for i, (p, expect) in enumerate(prompts)]
+
+
+def _chunks(n: int, parts: int) -> Iterator[range]:
+    step = max(1, -(-n // parts))
+    for start in range(0, n, step):
+        yield range(start, min(start + step, n))
+
+
+def score_answers(policy: Policy, items: Sequence[tuple[list, Sequence[str]]], settings: EvalSettings, role: str,
+                  desc: str, max_length: int = 512, progress: bool = True) -> list[list[tuple[float, float]]]:
+    """(sum log-prob, answer tokens) of each answer of each (prompt, answers) item, as `role`.
+
+    The engine's shared-prompt path (`answers_logps`): the options of one MC question, the two
+    answers of a held-out pair, run their prompt once. Scored in a few slices only to show progress.
+    """
+    # Slices of similar length (roughly, by characters), so slicing costs little padding.
+    order = sorted(range(len(items)), key=lambda i: sum(len(m["content"]) for m in items[i][0])
+                   + max((len(a) for a in items[i][1]), default=0))
+    bar = _Progress(len(items), desc, "item", progress)
+    out: list[list[tuple[float, float]]] = [[] for _ in items]
+    try:
+        for piece in _chunks(len(order), SCORE_CHUNKS):
+            idx = [order[k] for k in piece]
+            part = answers_logps(policy, [items[i] for i in idx], role=role, max_length=max_length,
+                                 batch_size=settings.batch_size)
+            for i, row in zip(idx, part):
+                out[i] = row
+            bar.update(len(idx), int(sum(n for row in part for _, n in row)))
+    finally:
+        bar.close()
     return out
 
 
 @torch.no_grad()
-def kl_along(policy: Policy, gens: list[Generation], settings: EvalSettings) -> list[tuple[float, int]]:
-    """(summed per-position KL(policy||reference), positions) for each generated answer."""
+def kl_along(policy: Policy, gens: list[Generation], settings: EvalSettings, progress: bool = True) -> list[tuple[float, int]]:
+    """(summed per-position KL(policy||reference), positions) for each generated answer.
+
+    Exact over the whole vocabulary, but the LM head runs only at the positions that predict
+    answer tokens (the engine's decoder-then-gather path), batched by length.
+    """
     tok = policy.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = tok.eos_token_id
-    out: list[tuple[float, int]] = []
-    for start in range(0, len(gens), settings.batch_size):
-        chunk = gens[start : start + settings.batch_size]
-        # Score every generated token, and the eos when the answer ended with one.
-        encs = [Encoded(g.prompt_ids + g.answer_ids + ([eos] if g.finished else []), len(g.prompt_ids)) for g in chunk]
-        b = {k: v.to(policy.device) for k, v in pad_sequences(encs, pad).items()}
-        pred = b["answer_mask"][:, 1:].bool()  # position t-1 predicts answer token t
-        logits_p = policy.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1][pred].float()
-        with policy.reference() as ref:
-            logits_r = ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1][pred].float()
-        lp, lr = logits_p.log_softmax(-1), logits_r.log_softmax(-1)
-        kl = (lp.exp() * (lp - lr)).sum(-1).clamp_min(0.0)
-        counts = pred.sum(-1).tolist()
-        for piece, n in zip(kl.split(counts), counts):
-            out.append((float(piece.sum()), int(n)))
+    model = policy.model
+    head = unwrap(model).get_output_embeddings()
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(gens)
+    # Score every generated token, and the eos when the answer ended with one.
+    encs = [Encoded(g.prompt_ids + g.answer_ids + ([eos] if g.finished else []), len(g.prompt_ids)) for g in gens]
+    order = sorted(range(len(gens)), key=lambda i: len(encs[i].input_ids))
+    bar = _Progress(len(gens), "eval: KL along the policy's answers", "answer", progress)
+
+    def logp(b: dict, rows: torch.Tensor, preds: torch.Tensor) -> torch.Tensor:
+        h = hidden_states(model, b["input_ids"], b["attention_mask"])[rows, preds]
+        return head(h).float().log_softmax(-1)
+
+    try:
+        with compute_context(model, policy.dtype, policy.device.type):
+            for start in range(0, len(order), settings.batch_size):
+                idx = order[start : start + settings.batch_size]
+                b = {k: v.to(policy.device) for k, v in pad_sequences([encs[i] for i in idx], pad).items()}
+                pos = b["answer_mask"][:, 1:].bool().nonzero(as_tuple=False)  # position t-1 predicts answer token t
+                rows, preds = pos[:, 0], pos[:, 1]
+                lp = logp(b, rows, preds)
+                with policy.reference():
+                    lr = logp(b, rows, preds)
+                kl = (lp.exp() * (lp - lr)).sum(-1).clamp_min(0.0)
+                counts = torch.bincount(rows, minlength=len(idx)).tolist()
+                for i, piece, n in zip(idx, kl.split(counts), counts):
+                    out[i] = (float(piece.sum()), int(n))
+                bar.update(len(idx), sum(counts))
+    finally:
+        bar.close()
     return out
 
 
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def is_looping(text: str, min_words: int = 12, min_distinct: float = 0.6) -> bool:
-    """A degenerate answer repeats itself: few distinct word trigrams among many."""
-    words = _WORD.findall(text.lower())
-    if len(words) < min_words:
-        return False
-    grams = list(zip(words, words[1:], words[2:]))
-    return len(set(grams)) / len(grams) < min_distinct
-
-
 def rubric_score(g: Generation) -> float:
-    """The win-rate judge: refusal decision first, then finishing, then no loops."""
-    if g.expect == "refuse":
-        return 2.0 if g.refused else 0.0
-    if g.refused or not g.text.strip():
-        return 0.0
-    return 1.0 + 0.5 * g.finished + 0.5 * (not is_looping(g.text))
+    """The win-rate judge (`judges.RubricJudge`): refusal decision first, then finishing, then no loops."""
+    return RubricJudge().score([user(g.prompt)], [g.text], expect=[g.expect], finished=[g.finished])[0]
 
 
 def _rate(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else 0.0
 
 
-def _side(model, policy: Policy, evalset: EvalSet, settings: EvalSettings) -> dict:
-    """Everything measurable on one model (policy or reference) alone."""
-    tok, dev = policy.tokenizer, policy.device
+def _side(policy: Policy, role: str, evalset: EvalSet, settings: EvalSettings, max_length: int,
+          progress: bool) -> dict:
+    """Everything measurable on one role (policy or reference) alone."""
+    name = _role_name(role)
     prompts = [(p, "answer") for p in evalset.answer] + [(p, "refuse") for p in evalset.refuse]
-    gens = generate(model, tok, prompts, settings, dev)
-    mc_items = [(user(m.question), opt) for m in evalset.mc for opt in (m.true, *m.false)]
-    mc_lp = _mean_logps(model, tok, mc_items, settings, dev)
-    correct, k = [], 0
-    for m in evalset.mc:
-        scores = [s / max(n, 1) for s, n in mc_lp[k : k + 1 + len(m.false)]]
-        correct.append(scores[0] > max(scores[1:]))
-        k += 1 + len(m.false)
-    pair_items = [(p.prompt, a) for p in evalset.pairs for a in (p.chosen, p.rejected)]
-    pair_lp = _mean_logps(model, tok, pair_items, settings, dev)
-    chosen, rejected = pair_lp[0::2], pair_lp[1::2]
+    gens = generate(policy, prompts, settings, role=role, progress=progress)
+    mc = score_answers(policy, [(user(m.question), (m.true, *m.false)) for m in evalset.mc], settings, role,
+                       f"eval: factuality options ({name})", max_length, progress)
+    means = [[s / max(n, 1) for s, n in opts] for opts in mc]  # mean token log-prob: true first
+    correct = [m[0] > max(m[1:]) for m in means]
+    pairs = score_answers(policy, [(p.prompt, (p.chosen, p.rejected)) for p in evalset.pairs], settings, role,
+                          f"eval: held-out pairs ({name})", max_length, progress)
+    chosen, rejected = [c for c, _ in pairs], [r for _, r in pairs]
     answered = [g for g in gens if g.expect == "answer"]
     refuse = [g for g in gens if g.expect == "refuse"]
     return {
@@ -190,6 +228,12 @@ def _side(model, policy: Policy, evalset: EvalSet, settings: EvalSettings) -> di
         "factuality_mc_accuracy": _rate(correct),
         "pair_accuracy": _rate([c[0] / max(c[1], 1) > r[0] / max(r[1], 1) for c, r in zip(chosen, rejected)]),
     }
+
+
+def reward_model_scores(judge: "Judge", gens: list[Generation]) -> list[float]:
+    """A learned judge's score of each generated answer (the prompt as the user's message)."""
+    return list(judge.score([user(g.prompt) for g in gens], [g.text for g in gens],
+                            expect=[g.expect for g in gens], finished=[g.finished for g in gens]))
 
 
 @dataclass
@@ -208,19 +252,24 @@ class DriftResult:
         return m, s
 
 
-def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings) -> DriftResult:
-    """Drift metrics of the policy, with the reference's figures under `reference/drift/...`."""
+def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings, *, judge: "Judge | None" = None,
+             max_length: int = 512, progress: bool = True) -> DriftResult:
+    """Drift metrics of the policy, with the reference's figures under `reference/drift/...`.
+
+    `judge`: a learned reward model (`judges.create("reward_model", ...)`); with one, the
+    mean score of the policy's and of the reference's answers is reported as
+    `drift/reward_model_score` (and its reference figure), a proxy the gates may read.
+    """
     evalset = evalset.capped(settings.max_prompts)
     model = policy.model
     was_training = model.training
     model.eval()
     try:
-        # The engine's mixed precision, so eval log-probs match what training saw.
-        with compute_context(model, policy.dtype, policy.device.type), policy.reference() as ref_model:
-            ref = _side(ref_model, policy, evalset, settings)
-        with compute_context(model, policy.dtype, policy.device.type):
-            pol = _side(model, policy, evalset, settings)
-            kl = kl_along(policy, pol["gens"], settings)
+        ref = _side(policy, REFERENCE, evalset, settings, max_length, progress)
+        pol = _side(policy, POLICY, evalset, settings, max_length, progress)
+        kl = kl_along(policy, pol["gens"], settings, progress)
+        rm_pol = reward_model_scores(judge, pol["gens"]) if judge is not None else None
+        rm_ref = reward_model_scores(judge, ref["gens"]) if judge is not None else None
     finally:
         model.train(was_training)
 
@@ -258,6 +307,9 @@ def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings) -> DriftR
         "reward_mean": 0.0,
         "reward_accuracy": 0.5,
     }
+    if rm_pol is not None and rm_ref is not None:
+        policy_fig["reward_model_score"] = sum(rm_pol) / max(len(rm_pol), 1)
+        ref_fig["reward_model_score"] = sum(rm_ref) / max(len(rm_ref), 1)
     metrics = {f"drift/{k}": float(v) for k, v in policy_fig.items()}
     metrics.update({f"reference/drift/{k}": float(v) for k, v in ref_fig.items()})
     samples = [
@@ -275,15 +327,25 @@ def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings) -> DriftR
         }
         for gp, gr, k, w in zip(pol["gens"], ref["gens"], kl, wins)
     ]
+    if rm_pol is not None and rm_ref is not None:
+        for row, sp, sr in zip(samples, rm_pol, rm_ref):
+            row.update(policy_reward_model_score=sp, reference_reward_model_score=sr)
     return DriftResult(metrics, samples)
 
 
-def evaluate_adapter(cfg, adapter: str | Path | None, evalset: EvalSet | None = None) -> DriftResult:
-    """Drift of a saved adapter (or of an untouched LoRA when None) against the reference."""
+def evaluate_adapter(cfg, adapter: str | Path | None, evalset: EvalSet | None = None,
+                     reward_model: str | Path | None = None, progress: bool = True) -> DriftResult:
+    """Drift of a saved adapter (or of an untouched LoRA when None) against the reference.
+
+    `reward_model`: a learned reward model (folder or `models:/NAME@ALIAS`) to score both
+    sides' answers with; it loads as one more adapter on the same base (no second copy).
+    """
+    from prefdesk import judges
     from prefdesk.evalsets import load_evalset
     from prefdesk.models import build_policy
 
     policy = build_policy(cfg.model, adapter=adapter, trainable=False)
     if evalset is None:
         evalset = load_evalset(cfg.data.eval, cfg.eval.refusal_sets, cfg.eval.factuality)
-    return evaluate(policy, evalset, cfg.eval)
+    judge = judges.create("reward_model", policy=policy, source=str(reward_model)) if reward_model else None
+    return evaluate(policy, evalset, cfg.eval, judge=judge, max_length=cfg.data.max_length, progress=progress)

@@ -8,18 +8,58 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from prefdesk.gates import evaluate_gates
+from prefdesk.gates import evaluate_gates, merge_train_figures
 from prefdesk.registry import champion_metrics
 from tasks.common import config_of, table_rows, tracker_of
+
+TRAIN_RECORD = "train.json"  # written by the train task: {artifacts, gated, steps, ...}
+
+
+def first_logged(run_id: str, metric: str) -> float | None:
+    """The first value of `metric` in the run's MLflow history (None without a run or a value)."""
+    if not run_id:
+        return None
+    from prefdesk.tracking import client
+
+    history = client().get_metric_history(run_id, metric)
+    return min(history, key=lambda m: (m.step, m.timestamp)).value if history else None
+
+
+def train_record(run_dir: str | Path, run_id: str = "") -> dict[str, Any] | None:
+    """train.json of the run, with PPO's reward baseline added to its gated figures.
+
+    `reference/ppo/reward` is the first rollout's reward: the untouched policy (the
+    reference) sampled it, so a rise of `ppo/reward` over it is the reward PPO gained.
+    """
+    path = Path(run_dir) / TRAIN_RECORD
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object {{artifacts, gated, steps}}")
+    gated = dict(record.get("gated") or {})
+    if "ppo/reward" in gated and "reference/ppo/reward" not in gated:
+        first = first_logged(run_id, "ppo/reward")
+        if first is not None:
+            gated["reference/ppo/reward"] = first
+    return {**record, "gated": gated}
+
+
+def gate_metrics(drift_path: str | Path, run_dir: str | Path, run_id: str = "") -> dict[str, float]:
+    """What the gates see: the drift figures plus the optimizer's gated train-time figures."""
+    return merge_train_figures(json.loads(Path(drift_path).read_text()), train_record(run_dir, run_id))
 
 
 # retries: it reads the champion from the tracking server and writes to it; the gates are pure
 # functions of the figures, so a retry cannot pass a gate that failed
 @task(name="gate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=15)
 def gate(drift_path: str, config: dict[str, Any], run_dir: str, run_id: str) -> str:
-    """Every gate against the drift budget; returns the gates.json path."""
+    """Every gate against the drift budget and the optimizer's own figures; returns the gates.json path."""
     cfg = config_of(config)
-    metrics = json.loads(Path(drift_path).read_text())
+    metrics = gate_metrics(drift_path, run_dir, run_id)
     report = evaluate_gates(cfg.gates, metrics, champion_metrics(cfg.registry.model_name))
     tracker = tracker_of(run_id)
     tracker.log_metrics(report.metrics())

@@ -62,3 +62,40 @@ def test_rubric_prefers_the_right_refusal_decision():
     assert rubric_score(g("Run kill -9 on it.", "answer")) > rubric_score(g("Run kill -9 on it and", "answer", finished=False))
     loop = "check the logs check the logs check the logs check the logs"
     assert rubric_score(g("Check the logs.", "answer")) > rubric_score(g(loop, "answer"))
+
+
+def saved_reward_model(tmp_path):
+    """A reward model on the tiny base as `prefdesk train --optimizer reward_model` saves one
+    (its own LoRA adapter + a scalar head), with random weights: scoring, not skill, is tested."""
+    from plugins.reward_model import ADAPTER, RewardModelJudge
+
+    owner = build_policy(ModelSettings(name="tiny", dtype="fp32"), trainable=False)
+    owner.add_adapter(ADAPTER, trainable=False, seed=3)
+    with torch.no_grad():
+        for n, w in owner.model.named_parameters():
+            if f".{ADAPTER}." in n and "lora_B" in n:
+                w.normal_(0, 0.05)
+    torch.manual_seed(3)
+    head = torch.nn.Linear(owner.model.get_base_model().config.hidden_size, 1)
+    return RewardModelJudge(owner, head).save(tmp_path / "rm")
+
+
+def test_a_learned_reward_model_scores_both_sides(tmp_path):
+    from prefdesk.config import load_config
+    from prefdesk.drift import OPTIONAL_NAMES, evaluate_adapter
+
+    cfg = load_config(None, ["model.name=tiny", "model.dtype=fp32", "eval.max_new_tokens=8", "eval.batch_size=2"])
+    plain = evaluate_adapter(cfg, None, EV, progress=False)
+    assert not any(f"drift/{n}" in plain.metrics for n in OPTIONAL_NAMES)  # no reward model, no figure
+    res = evaluate_adapter(cfg, None, EV, reward_model=saved_reward_model(tmp_path), progress=False)
+    m = res.metrics
+    pol = [s["policy_reward_model_score"] for s in res.samples]
+    ref = [s["reference_reward_model_score"] for s in res.samples]
+    assert m["drift/reward_model_score"] == pytest.approx(sum(pol) / len(pol))
+    assert m["reference/drift/reward_model_score"] == pytest.approx(sum(ref) / len(ref))
+    assert len(set(round(x, 6) for x in pol)) > 1  # a real score per answer, not a constant
+    # an untouched policy answers as the reference does, so the judge scores both sides alike
+    assert pol == pytest.approx(ref)
+    # and the reward model, one more adapter on the base, left the other figures as they were
+    for name in DRIFT_NAMES:
+        assert m[f"drift/{name}"] == pytest.approx(plain.metrics[f"drift/{name}"], abs=1e-6), name
