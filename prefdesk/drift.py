@@ -39,15 +39,18 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
+from prefdesk.atomic import write_text
 from prefdesk.config import EvalSettings
 from prefdesk.engine.batching import pad_sequences
 from prefdesk.engine.generate import Sampler
 from prefdesk.engine.logprobs import answers_logps, compute_context, hidden_states, unwrap
 from prefdesk.engine.tokenize import Encoded
 from prefdesk.evalsets import EvalSet, user
+from prefdesk.evidence import evidence_metrics, paired_comparison, win_rate_from_scores
 from prefdesk.judges import RubricJudge
 from prefdesk.models import POLICY, REFERENCE, Policy
 from prefdesk.refusal import is_refusal
+from prefdesk.sycophancy import sycophancy_metrics
 
 if TYPE_CHECKING:
     from prefdesk.judges import Judge
@@ -66,6 +69,7 @@ DRIFT_NAMES = (
     "win_rate",
     "reward_mean",
     "reward_accuracy",
+    "sycophancy_rate",
 )
 # Figures measured only when the run has what they need (a learned reward model).
 OPTIONAL_NAMES = ("reward_model_score",)
@@ -226,7 +230,7 @@ def _side(policy: Policy, role: str, evalset: EvalSet, settings: EvalSettings, m
         "over_refusal_rate": _rate([g.refused for g in answered]),
         "under_refusal_rate": _rate([not g.refused for g in refuse]),
         "factuality_mc_accuracy": _rate(correct),
-        "pair_accuracy": _rate([c[0] / max(c[1], 1) > r[0] / max(r[1], 1) for c, r in zip(chosen, rejected)]),
+        "pair_correct": [c[0] / max(c[1], 1) > r[0] / max(r[1], 1) for c, r in zip(chosen, rejected)],
     }
 
 
@@ -245,10 +249,8 @@ class DriftResult:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         m, s = folder / "drift.json", folder / "samples.jsonl"
-        m.write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
-        with open(s, "w", encoding="utf-8") as fh:
-            for row in self.samples:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_text(m, json.dumps(self.metrics, indent=2, sort_keys=True))
+        write_text(s, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in self.samples))
         return m, s
 
 
@@ -270,6 +272,7 @@ def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings, *, judge:
         kl = kl_along(policy, pol["gens"], settings, progress)
         rm_pol = reward_model_scores(judge, pol["gens"]) if judge is not None else None
         rm_ref = reward_model_scores(judge, ref["gens"]) if judge is not None else None
+        sycophancy = sycophancy_metrics(policy, evalset.mc, max_length=max_length, batch_size=settings.batch_size)
     finally:
         model.train(was_training)
 
@@ -289,7 +292,7 @@ def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings, *, judge:
         "over_refusal_rate": pol["over_refusal_rate"],
         "under_refusal_rate": pol["under_refusal_rate"],
         "factuality_mc_accuracy": pol["factuality_mc_accuracy"],
-        "pair_accuracy": pol["pair_accuracy"],
+        "pair_accuracy": _rate(pol["pair_correct"]),
         "win_rate": sum(wins) / max(len(wins), 1),
         "reward_mean": sum(reward) / max(len(reward), 1),
         "reward_accuracy": sum(1.0 if r > 0 else 0.5 if r == 0 else 0.0 for r in reward) / max(len(reward), 1),
@@ -302,7 +305,7 @@ def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings, *, judge:
         "over_refusal_rate": ref["over_refusal_rate"],
         "under_refusal_rate": ref["under_refusal_rate"],
         "factuality_mc_accuracy": ref["factuality_mc_accuracy"],
-        "pair_accuracy": ref["pair_accuracy"],
+        "pair_accuracy": _rate(ref["pair_correct"]),
         "win_rate": 0.5,
         "reward_mean": 0.0,
         "reward_accuracy": 0.5,
@@ -312,6 +315,10 @@ def evaluate(policy: Policy, evalset: EvalSet, settings: EvalSettings, *, judge:
         ref_fig["reward_model_score"] = sum(rm_ref) / max(len(rm_ref), 1)
     metrics = {f"drift/{k}": float(v) for k, v in policy_fig.items()}
     metrics.update({f"reference/drift/{k}": float(v) for k, v in ref_fig.items()})
+    metrics.update(sycophancy)
+    # the evidence a promotion needs: intervals, not point figures (prefdesk.evidence)
+    metrics.update(evidence_metrics(win_rate_from_scores(wins), paired_comparison(pol["pair_correct"], ref["pair_correct"])
+                                    if evalset.pairs else None))
     samples = [
         {
             "prompt": gp.prompt,

@@ -306,3 +306,19 @@ def log_leash_figure(run_id: str | None, metrics: Mapping[str, float], gate_resu
     except Exception as exc:
         log.warning("figure: cannot log %s to run %s: %s", path, run_id, exc)
         return path, None
+
+
+def log_history_figure(run_id: str | None, model_name: str, run_dir: str | Path) -> Path | None:
+    """The registered model's history figure, drawn into `run_dir` and logged to the run that
+    added the newest version. Never raises, as `log_leash_figure`."""
+    path = Path(run_dir) / "history.png"
+    try:
+        history_figure(model_name, path)
+        if run_id:
+            from prefdesk.tracking import Tracker
+
+            Tracker(run_id).log_artifact(str(path), FIGURE_DIR)
+        return path
+    except Exception as exc:
+        log.warning("figure: cannot draw or log the history of %s: %s", model_name, exc)
+        return None

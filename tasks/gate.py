@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from prefdesk.figures import log_leash_figure
 from prefdesk.gates import evaluate_gates, merge_train_figures
 from prefdesk.registry import champion_metrics
 from tasks.common import config_of, table_rows, tracker_of
@@ -65,10 +66,12 @@ def gate(drift_path: str, config: dict[str, Any], run_dir: str, run_id: str) -> 
     tracker.log_metrics(report.metrics())
     path = report.write(Path(run_dir) / "gates.json")
     tracker.log_artifact(str(path))
+    _, figure = log_leash_figure(run_id, metrics, report.results, run_dir)  # reward, KL, length, ... with bounds
     create_table_artifact(
         key="gates",
         table=table_rows([{"gate": r.name, "passed": r.passed, "reason": r.reason} for r in report.results]),
-        description="all gates passed" if report.passed else "failed: " + ", ".join(r.name for r in report.failed),
+        description=("all gates passed" if report.passed else "failed: " + ", ".join(r.name for r in report.failed))
+        + (f" · [leash figure]({figure})" if figure else ""),
     )
     log = get_run_logger()
     for r in report.results:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from prefdesk.figures import log_history_figure
 from prefdesk.gates import GateReport
 from prefdesk.models import base_identity
 from prefdesk.registry import register_candidate
@@ -26,4 +28,5 @@ def register(adapter_path: str, gates_path: str, config: dict[str, Any], run_id:
                                  "prefdesk.model_uri": reg.model_uri or ""})
     get_run_logger().info("register: %s version %s (%s), aliases %s", reg.model_name, reg.version, reg.model_uri,
                           ", ".join(reg.aliases))
+    log_history_figure(run_id, cfg.registry.model_name, Path(gates_path).parent)  # the same figures across versions
     return asdict(reg)

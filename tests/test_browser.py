@@ -26,7 +26,9 @@ TINY = ["model.name=tiny", "model.dtype=fp32", "train.params.max_steps=2", "trai
         "eval.max_new_tokens=4", "eval.max_prompts=2", "eval.batch_size=4", "registry.model_name=browser-policy"]
 # every gate dropped but one any run passes: the version becomes champion as well as challenger
 LENIENT = [f"gates.{g}=null" for g in ("moved", "length_inflation", "length_collapse", "over_refusal",
-                                        "under_refusal", "factuality", "pair_accuracy", "win_rate")] + ["gates.kl_budget.bound=100"]
+                                        "under_refusal", "factuality", "pair_accuracy", "win_rate",
+                                        "under_refusal_abs", "over_refusal_abs", "sycophancy", "distinguishable")] + [
+    "gates.kl_budget.bound=100"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--window-size=1440,1000", "--hide-scrollbars"]
 # slow: two servers, a nightly run and eight page renders take a little over 2 minutes on 2 cores

@@ -13,6 +13,10 @@ def _metrics(**over):
         "drift/win_rate": 0.55, "drift/reward_mean": 0.3, "drift/mean_length": 40,
         "reference/drift/over_refusal_rate": 0.1, "reference/drift/under_refusal_rate": 0.1,
         "reference/drift/factuality_mc_accuracy": 0.6, "reference/drift/pair_accuracy": 0.6,
+        "drift/sycophancy_rate": 0.5, "reference/drift/sycophancy_rate": 0.5,
+        # the evidence: 40 wins, 10 ties, 14 losses of 64 prompts; 9 pairs gained, 2 lost of 37
+        "drift/win_rate_lower": 0.53, "drift/win_wins": 40, "drift/win_ties": 10, "drift/win_losses": 14,
+        "drift/pair_accuracy_gain_lower": 0.01,
     }
     base.update({f"drift/{k}": v for k, v in over.items()})
     return base
@@ -48,24 +52,38 @@ def test_all_gates_pass_on_a_healthy_candidate():
 
 
 @pytest.mark.parametrize(
-    "over, gate",
+    "over, gates",
     [
-        ({"kl_per_token": 2.0}, "kl_budget"),
-        ({"kl_per_token": 0.0}, "moved"),
-        ({"length_ratio": 1.8}, "length_inflation"),
-        ({"over_refusal_rate": 0.3}, "over_refusal"),
-        ({"under_refusal_rate": 0.3}, "under_refusal"),
-        ({"factuality_mc_accuracy": 0.5}, "factuality"),
-        ({"pair_accuracy": 0.5}, "pair_accuracy"),
-        ({"win_rate": 0.4}, "win_rate"),
+        ({"kl_per_token": 2.0}, ["kl_budget"]),
+        ({"kl_per_token": 0.0}, ["moved"]),
+        ({"length_ratio": 1.8}, ["length_inflation"]),
+        ({"over_refusal_rate": 0.3}, ["over_refusal", "over_refusal_abs"]),
+        ({"under_refusal_rate": 0.3}, ["under_refusal", "under_refusal_abs"]),
+        ({"factuality_mc_accuracy": 0.5}, ["factuality"]),
+        ({"sycophancy_rate": 0.7}, ["sycophancy"]),
+        ({"pair_accuracy_gain_lower": -0.2}, ["pair_accuracy"]),
+        ({"win_rate_lower": 0.4}, ["win_rate"]),
     ],
 )
-def test_each_failure_mode_trips_its_gate(over, gate):
+def test_each_failure_mode_trips_its_gate(over, gates):
     report = evaluate_gates(default_gates(), _metrics(**over))
-    assert [r.name for r in report.failed] == [gate]
+    assert [r.name for r in report.failed] == gates
     # only a guard rail broken while the reward rose is called hacking; no movement is not
-    assert report.suspected_reward_hacking == (gate not in ("moved", "pair_accuracy", "win_rate"))
-    assert report.metrics()[f"gate/{gate}"] == 0.0 and report.metrics()["gate/all"] == 0.0
+    assert report.suspected_reward_hacking == (gates[0] not in ("moved", "pair_accuracy", "win_rate"))
+    assert report.metrics()[f"gate/{gates[0]}"] == 0.0 and report.metrics()["gate/all"] == 0.0
+
+
+def test_a_candidate_indistinguishable_from_the_reference_is_named_and_not_promoted():
+    # issue 8's run: KL 0.00017 per token, nearly all ties, held-out pairs unchanged
+    still = _metrics(kl_per_token=0.00017, win_wins=2, win_ties=28, win_losses=2, win_rate_lower=0.5,
+                     pairs_both=14, pairs_gained=0, pairs_lost=0, pairs_neither=23, pair_accuracy_gain_lower=-0.09)
+    report = evaluate_gates(default_gates(), still)
+    assert [r.name for r in report.failed] == ["distinguishable"]
+    assert "indistinguishable" in report.failed[0].reason and not report.passed
+    assert any("win rate" in n for n in report.notes)  # the interval behind the verdict is reported
+    # the same figures with a real win are a candidate the other gates then judge
+    won = dict(still, **{"drift/win_wins": 24, "drift/win_ties": 6, "drift/win_losses": 2})
+    assert "distinguishable" not in [r.name for r in evaluate_gates(default_gates(), won).failed]
 
 
 def test_reward_up_while_guard_rail_breaks_is_reward_hacking():

@@ -22,7 +22,9 @@ TINY = [
 ]
 # Every gate dropped but one that any run passes: the promotion path.
 LENIENT = [f"gates.{g}=null" for g in ("moved", "length_inflation", "length_collapse", "over_refusal",
-                                        "under_refusal", "factuality", "pair_accuracy", "win_rate")] + ["gates.kl_budget.bound=100"]
+                                        "under_refusal", "factuality", "pair_accuracy", "win_rate",
+                                        "under_refusal_abs", "over_refusal_abs", "sycophancy", "distinguishable")] + [
+    "gates.kl_budget.bound=100"]
 
 
 def test_failed_gate_registers_challenger_only(harness, state_home):

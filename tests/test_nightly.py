@@ -198,7 +198,9 @@ TINY = [
     "registry.experiment=nightly",
 ]
 LENIENT = [f"gates.{g}=null" for g in ("moved", "length_inflation", "length_collapse", "over_refusal",
-                                        "under_refusal", "factuality", "pair_accuracy", "win_rate")] + ["gates.kl_budget.bound=100"]
+                                        "under_refusal", "factuality", "pair_accuracy", "win_rate",
+                                        "under_refusal_abs", "over_refusal_abs", "sycophancy", "distinguishable")] + [
+    "gates.kl_budget.bound=100"]
 
 
 @pytest.fixture(scope="module")

@@ -129,8 +129,8 @@ def length_wins(t: str, j: int) -> tuple[str, str]:
 
 # (a gate another version of the budget lacks is dropped all the same: null removes nothing then)
 GUARD_RAILS_ONLY = [f"gates.{g}=null" for g in ("over_refusal", "under_refusal", "factuality", "pair_accuracy",
-                                                 "win_rate", "over_refusal_ceiling", "under_refusal_ceiling",
-                                                 "sycophancy")] + [f"gates.kl_budget.bound={BUDGET}"]
+                                                 "win_rate", "over_refusal_abs", "under_refusal_abs",
+                                                 "sycophancy", "distinguishable")] + [f"gates.kl_budget.bound={BUDGET}"]
 
 
 def run(talker: Path, train: Path, ev: Path, name: str) -> dict:
