@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from prefdesk.pairs import Pair  # noqa: E402
 from prefdesk.readers import read_pairs  # noqa: E402
-from validations.direction import estimate, reference_votes, signal  # noqa: E402
-from validations.features import pair_frame, win_columns  # noqa: E402
+from prefdesk.validations.direction import estimate, reference_votes, signal  # noqa: E402
+from prefdesk.validations.features import pair_frame, win_columns  # noqa: E402
 
 SETS = {
     "coconot_pref": "coconot/coconot_pref.jsonl",

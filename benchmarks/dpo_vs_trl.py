@@ -212,7 +212,7 @@ def run_trl(pairs, args, dtype: str) -> dict:
 
 
 def run_prefdesk(pairs, args, shared: bool) -> dict:
-    from plugins.dpo import DPOOptimizer
+    from prefdesk.plugins.dpo import DPOOptimizer
     from prefdesk.config import ModelSettings
     from prefdesk.context import RunContext, RunSettings
     from prefdesk.engine.batching import encode_pairs

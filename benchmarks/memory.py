@@ -60,8 +60,8 @@ def child(mode: str, args) -> dict:
     import torch
 
     from dpo_vs_trl import DEFAULT_DATA, hh_pairs
-    from plugins.dpo import DPOOptimizer
-    from plugins.sft import sft_loss
+    from prefdesk.plugins.dpo import DPOOptimizer
+    from prefdesk.plugins.sft import sft_loss
     from prefdesk.config import ModelSettings
     from prefdesk.context import RunContext, RunSettings
     from prefdesk.engine.loop import train

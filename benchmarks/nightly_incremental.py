@@ -86,7 +86,7 @@ def main() -> None:
     from prefdesk.models import build_policy
     from prefdesk.pairs import read_pairs_jsonl
     from prefdesk.readers import read_pairs
-    from validations.desk import run_for_config
+    from prefdesk.validations.desk import run_for_config
 
     n_new = max(1, math.ceil(args.pairs * args.new_share))
     source = read_pairs([args.data])

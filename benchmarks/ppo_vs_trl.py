@@ -83,8 +83,8 @@ def lora():
 
 
 def run_prefdesk(rows, args) -> dict:
-    from plugins.reward_model import ADAPTER, RewardModelJudge
-    from plugins.rm_ppo import RMPPOOptimizer
+    from prefdesk.plugins.reward_model import ADAPTER, RewardModelJudge
+    from prefdesk.plugins.rm_ppo import RMPPOOptimizer
     from prefdesk.config import ModelSettings
     from prefdesk.context import RunContext, RunSettings
     from prefdesk.models import build_policy
@@ -219,7 +219,7 @@ def run_plain(rows, args, dtype) -> dict:
             vals = v_head(hv).squeeze(-1) * rmask
             rewards = -KL_COEF * (old - ref) * rmask
             rewards[torch.arange(len(rows)), last] += score
-            from plugins.rm_ppo import gae, whiten
+            from prefdesk.plugins.rm_ppo import gae, whiten
 
             adv, ret = gae(rewards, vals, rmask, 1.0, 0.95)
             adv = whiten(adv, rmask)

@@ -219,7 +219,7 @@ def report(files: Sequence[Labelled]) -> None:
 
 
 def speed(files: Sequence[Labelled], repeat: int = 50) -> None:
-    from validations.features import refusal_flags
+    from prefdesk.validations.features import refusal_flags
 
     texts = [t for f in files for t in f.texts] * repeat
     for name, fn in (("baseline (python)", lambda: [xstest_strmatch(t) for t in texts]),

@@ -77,7 +77,7 @@ def run_trl(train, held, args, dtype: torch.dtype) -> dict:
 
 
 def run_prefdesk(pairs, n_train: int, args) -> dict:
-    from plugins.reward_model import RewardModelParams, fit_reward_model
+    from prefdesk.plugins.reward_model import RewardModelParams, fit_reward_model
     from prefdesk.config import ModelSettings
     from prefdesk.context import RunContext, RunSettings
     from prefdesk.models import build_policy
@@ -115,7 +115,7 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    from plugins.reward_model import split_heldout
+    from prefdesk.plugins.reward_model import split_heldout
     from prefdesk.models import choose_dtype, load_tokenizer
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} "

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefdesk.config import DataSettings  # noqa: E402
-from validations.desk import run_data_desk  # noqa: E402
+from prefdesk.validations.desk import run_data_desk  # noqa: E402
 
 WORDS = ("the model answer data train pair prompt value check long short good bad useful "
          "clear wrong right maybe because however therefore example list item step first").split()

@@ -41,7 +41,7 @@ def main() -> None:
 
     from accelerate import PartialState
 
-    from plugins.dpo import DPOOptimizer
+    from prefdesk.plugins.dpo import DPOOptimizer
     from prefdesk.config import ModelSettings
     from prefdesk.context import RunContext, RunSettings
     from prefdesk.models import build_policy

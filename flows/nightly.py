@@ -18,13 +18,13 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.evaluate import evaluate
-from tasks.gate import gate
-from tasks.ingest import ingest, ingest_inbox
-from tasks.register import register
-from tasks.run import new_run_dir, open_run
-from tasks.train import train
-from tasks.validate import validate
+from prefdesk.tasks.evaluate import evaluate
+from prefdesk.tasks.gate import gate
+from prefdesk.tasks.ingest import ingest, ingest_inbox
+from prefdesk.tasks.register import register
+from prefdesk.tasks.run import new_run_dir, open_run
+from prefdesk.tasks.train import train
+from prefdesk.tasks.validate import validate
 
 
 class DataGateFailed(RuntimeError):

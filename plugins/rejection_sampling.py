@@ -47,10 +47,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from plugins.dpo import dpo_loss
-from plugins.reward_model import GATED as RM_GATED
-from plugins.reward_model import RewardModelParams, fit_reward_model
-from plugins.sft import sft_loss
+from prefdesk.plugins.dpo import dpo_loss
+from prefdesk.plugins.reward_model import GATED as RM_GATED
+from prefdesk.plugins.reward_model import RewardModelParams, fit_reward_model
+from prefdesk.plugins.sft import sft_loss
 from prefdesk.context import RunContext
 from prefdesk.engine.loop import train
 from prefdesk.engine.refcache import base_fingerprint

@@ -81,7 +81,7 @@ from prefdesk.engine.loop import StepInfo, TrainingDiverged, linear_schedule, ru
 from prefdesk.engine.refcache import base_fingerprint
 from prefdesk.engine.tokenize import Encoded
 from prefdesk.plugin import TrainParams, TrainResult
-from plugins.reward_model import RewardModelParams, fit_reward_model
+from prefdesk.plugins.reward_model import RewardModelParams, fit_reward_model
 
 if TYPE_CHECKING:
     from prefdesk.context import RunContext

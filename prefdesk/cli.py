@@ -322,12 +322,12 @@ def run(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, 
     """Run the nightly flow once (through Prefect) and print the summary."""
     _prepare_env()
     _check_needs(_config(config, set_, store=True))  # a bad setting or store fails here, before Prefect starts
-    from tasks.run import new_run_dir
+    from prefdesk.tasks.run import new_run_dir
 
     run_dir = new_run_dir()
     summary_file = Path(run_dir) / "summary.json"
     with _prefect_api():
-        from flows.nightly import nightly
+        from prefdesk.flows.nightly import nightly
 
         _quiet_logs()
         try:
@@ -375,7 +375,7 @@ def validate(
         cfg.data.columns[role] = name
     _add_label_map(cfg, label_map)
     from prefdesk.readers import DataError
-    from validations.desk import run_for_config
+    from prefdesk.validations.desk import run_for_config
 
     target = out_dir or home() / "validate" / time.strftime("%Y%m%d-%H%M%S")
     try:
@@ -420,8 +420,8 @@ def train(
     with tracked_run(cfg.registry.experiment, f"train-{optimizer}", tags={"prefdesk.kind": "train"},
                      params=cfg.flatten()) as tracker:
         from prefdesk.training import load_prompts
-        from tasks.train import record_training
-        from validations.generated import desk_for_generated
+        from prefdesk.tasks.train import record_training
+        from prefdesk.validations.generated import desk_for_generated
 
         folder = home() / "train" / tracker.run_id
         res = train_adapter(cfg, pairs, folder, tracker, prompts=load_prompts(cfg, folder / "data"),
@@ -599,7 +599,7 @@ def serve(cron: Optional[str] = typer.Option(None, help="schedule (cron) instead
     with _prefect_server(prefect_port) as api:
         from prefect.schedules import Cron
 
-        from flows.nightly import nightly
+        from prefdesk.flows.nightly import nightly
 
         _quiet_logs()
         out.print(f"serving {nightly.name}/{spec['name']} ({cron or spec['cron']}, {spec['timezone']}) on {api}")

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from prefdesk.config import PrefdeskConfig
 from prefdesk.drift import DRIFT_NAMES, OPTIONAL_NAMES, evaluate_adapter
-from tasks.common import config_of, tracker_of
+from prefdesk.tasks.common import config_of, tracker_of
 
 
 def reward_model_of(cfg: PrefdeskConfig, run_dir: str | Path) -> str | None:

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefdesk.figures import log_leash_figure
 from prefdesk.gates import evaluate_gates, merge_train_figures
 from prefdesk.registry import champion_metrics
-from tasks.common import config_of, table_rows, tracker_of
+from prefdesk.tasks.common import config_of, table_rows, tracker_of
 
 TRAIN_RECORD = "train.json"  # written by the train task: {artifacts, gated, steps, ...}
 

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefdesk.atomic import write_json
 from prefdesk.inbox import ingest_night, sha256_of
 from prefdesk.readers import resolve
-from tasks.common import config_of, tracker_of
+from prefdesk.tasks.common import config_of, tracker_of
 
 
 # retries: reading the inputs is I/O (a network share not yet mounted, a file still being

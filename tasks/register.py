@@ -11,7 +11,7 @@ from prefdesk.figures import log_history_figure
 from prefdesk.gates import GateReport
 from prefdesk.models import base_identity
 from prefdesk.registry import register_candidate
-from tasks.common import config_of, tracker_of
+from prefdesk.tasks.common import config_of, tracker_of
 
 
 # retries: all of it is tracking-server I/O (log the model, create the version, move aliases);

@@ -13,8 +13,8 @@ from prefdesk.pairs import read_pairs_jsonl
 from prefdesk.plugin import TrainResult
 from prefdesk.tracking import Tracker
 from prefdesk.training import load_prompts, train_adapter, work_dir
-from tasks.common import config_of, tracker_of
-from validations.generated import desk_for_generated
+from prefdesk.tasks.common import config_of, tracker_of
+from prefdesk.validations.generated import desk_for_generated
 
 log = logging.getLogger("prefdesk")
 
@@ -31,7 +31,7 @@ def record_training(result: TrainResult, tracker: Tracker, folder: str | Path, l
     record: dict[str, Any] = {"artifacts": result.artifacts, "gated": result.gated, "steps": result.steps}
     for name, path in result.artifacts.items():
         if name == "reward_model":
-            from plugins.reward_model import register_reward_model
+            from prefdesk.plugins.reward_model import register_reward_model
 
             reg = register_reward_model(tracker.run_id, path)
             record["reward_model_registration"] = reg.__dict__

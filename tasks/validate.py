@@ -12,16 +12,16 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+import prefdesk.readers
+import prefdesk.validations.desk
 from prefdesk.atomic import write_json, write_text
 from prefdesk.config import PrefdeskConfig
 from prefdesk.inbox import sha256_of
 from prefdesk.pairs import read_pairs_jsonl
 from prefdesk.tracking import client
 from prefdesk.readers import resolve
-from tasks.common import config_of, table_rows, tracker_of
-from validations.desk import run_for_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from prefdesk.tasks.common import config_of, table_rows, tracker_of
+from prefdesk.validations.desk import run_for_config
 
 
 def _log_dataset(run_id: str, accepted_path: str, digest: str, sources: list[str],
@@ -75,8 +75,10 @@ def _point_at_origins(quarantine_path: str, window_path: str) -> None:
 # inbox's own), the eval sets (leakage), the tokenizer (length) and the desk's code.
 _MEMOS_KEPT = 3
 _NOT_VALIDATION = {"inbox", "held", "window_pairs", "window_nights", "on_no_new_pairs"}
-_DESK_CODE = [*sorted((ROOT / "validations").glob("*.py")), ROOT / "prefdesk" / "readers.py",
-              ROOT / "prefdesk" / "refusal.py", ROOT / "prefdesk" / "labels.py", ROOT / "prefdesk" / "invisible.py"]
+# (found by module, so the same in a checkout and in an installed wheel)
+_CORE = Path(prefdesk.readers.__file__).parent
+_DESK_CODE = [*sorted(Path(prefdesk.validations.desk.__file__).parent.glob("*.py")),
+              *(_CORE / f for f in ("readers.py", "refusal.py", "labels.py", "invisible.py"))]
 
 
 def _desk_key(cfg: PrefdeskConfig, window_path: str) -> str:

@@ -38,7 +38,7 @@ class PickAndTune:
         pairs = ctx.checked(pairs, self.name)
 
         def sft(lp):
-            from plugins.sft import sft_loss
+            from prefdesk.plugins.sft import sft_loss
 
             return sft_loss(lp)
 

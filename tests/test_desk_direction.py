@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from prefdesk.config import CheckThresholds, DataSettings
-from validations.desk import run_data_desk
-from validations.direction import estimate, signal, wilson
+from prefdesk.validations.desk import run_data_desk
+from prefdesk.validations.direction import estimate, signal, wilson
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # CoCoNot preference pairs: a helpful answer (chosen) against an over-refusal (rejected),
@@ -78,7 +78,7 @@ def test_too_few_decisive_pairs_is_no_verdict(tmp_path):
 
 
 def test_reference_signal_on_a_loaded_policy(tiny_policy, toy_pairs):
-    from validations.features import pair_frame, win_columns
+    from prefdesk.validations.features import pair_frame, win_columns
 
     pairs = list(toy_pairs) * 3
     wins, _, _ = win_columns(pair_frame(pairs))

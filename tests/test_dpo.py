@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from plugins.dpo import DPOOptimizer, dpo_loss
+from prefdesk.plugins.dpo import DPOOptimizer, dpo_loss
 from prefdesk.engine.losses import PairLogps
 
 # Two pairs, as summed log-probs (policy, reference) and answer token counts.

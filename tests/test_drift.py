@@ -67,7 +67,7 @@ def test_rubric_prefers_the_right_refusal_decision():
 def saved_reward_model(tmp_path):
     """A reward model on the tiny base as `prefdesk train --optimizer reward_model` saves one
     (its own LoRA adapter + a scalar head), with random weights: scoring, not skill, is tested."""
-    from plugins.reward_model import ADAPTER, RewardModelJudge
+    from prefdesk.plugins.reward_model import ADAPTER, RewardModelJudge
 
     owner = build_policy(ModelSettings(name="tiny", dtype="fp32"), trainable=False)
     owner.add_adapter(ADAPTER, trainable=False, seed=3)

@@ -165,7 +165,7 @@ def test_lora_weights_and_optimizer_state_stay_fp32_on_a_bf16_base(tiny_policy, 
     assert pol.dtype == torch.bfloat16
     assert {p.dtype for p in pol.trainable_parameters()} == {torch.float32}
     assert pol.model.get_base_model().model.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16
-    from plugins.sft import sft_loss
+    from prefdesk.plugins.sft import sft_loss
 
     res = train(run_ctx(pol, toy_pairs[:2], max_length=64), TrainParams(max_steps=1, batch_size=2), sft_loss)
     assert {p.dtype for p in pol.trainable_parameters()} == {torch.float32}
@@ -205,7 +205,7 @@ def test_reference_cache_hits_on_the_second_pass_and_matches_live(tiny_policy, t
 
 
 def test_loop_logs_design_metrics_and_saves_the_adapter(tiny_policy, toy_pairs, tmp_path, run_ctx):
-    from plugins.dpo import DPOOptimizer
+    from prefdesk.plugins.dpo import DPOOptimizer
 
     rec = Recorder()
     params = DPOOptimizer.Params(max_steps=3, batch_size=4)
@@ -238,7 +238,7 @@ def test_nan_loss_stops_the_run_and_saves_nothing(tiny_policy, toy_pairs, tmp_pa
 
 
 def test_sft_lowers_its_loss(tiny_policy, toy_pairs, run_ctx):
-    from plugins.sft import SFTOptimizer
+    from prefdesk.plugins.sft import SFTOptimizer
 
     params = SFTOptimizer.Params(epochs=4, batch_size=8, learning_rate=1e-2)
     res = SFTOptimizer().fit(run_ctx(tiny_policy(), toy_pairs), params)

@@ -28,7 +28,7 @@ LENIENT = [f"gates.{g}=null" for g in ("moved", "length_inflation", "length_coll
 
 
 def test_failed_gate_registers_challenger_only(harness, state_home):
-    from flows.nightly import nightly
+    from prefdesk.flows.nightly import nightly
 
     s = nightly(overrides=TINY + ["gates.kl_budget.bound=-1"])  # KL can never be below -1
     assert s["status"] == "registered as challenger, not promoted"
@@ -61,7 +61,7 @@ def test_failed_gate_registers_challenger_only(harness, state_home):
 
 
 def test_passing_gates_promote_to_champion(harness, state_home):
-    from flows.nightly import nightly
+    from prefdesk.flows.nightly import nightly
 
     s = nightly(overrides=TINY + LENIENT)
     assert s["gates_passed"] and s["promoted"]
@@ -70,7 +70,7 @@ def test_passing_gates_promote_to_champion(harness, state_home):
 
 
 def test_data_gate_failure_stops_before_training(harness, state_home, tmp_path):
-    from flows.nightly import DataGateFailed, nightly
+    from prefdesk.flows.nightly import DataGateFailed, nightly
 
     rows = [{"prompt": f"Question number {i} about topic {i * 7}?", "chosen": "A much longer and more detailed answer " * 3 + str(i),
              "rejected": f"Short {i}."} for i in range(40)]
@@ -92,7 +92,7 @@ def test_killed_nightly_resumes_from_its_checkpoint_with_the_same_adapter(harnes
     import hashlib
     import logging
 
-    from flows.nightly import nightly
+    from prefdesk.flows.nightly import nightly
     from prefdesk.engine.checkpoint import Checkpointer
 
     over = TINY + LENIENT + ["seed=11", "train.checkpoint_every=1"]  # a config no other test trains

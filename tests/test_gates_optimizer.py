@@ -125,7 +125,7 @@ def write_run(tmp_path, gated: dict, train_json: str | None = None):
 
 
 def test_gate_metrics_read_train_json(tmp_path):
-    from tasks.gate import gate_metrics
+    from prefdesk.tasks.gate import gate_metrics
 
     drift = write_run(tmp_path, {"rm/pair_accuracy": 0.52, "rm/length_correlation": 0.9})
     m = gate_metrics(drift, tmp_path)
@@ -141,7 +141,7 @@ def test_gate_metrics_read_train_json(tmp_path):
 
 def test_ppo_reward_baseline_is_the_first_rollout_from_the_run_history(tmp_path):
     from prefdesk.tracking import Tracker, start_run
-    from tasks.gate import gate_metrics
+    from prefdesk.tasks.gate import gate_metrics
 
     run_id = start_run("gates-optimizer")
     for step, reward in enumerate([0.2, 0.6, 1.4], start=1):
@@ -157,7 +157,7 @@ def test_the_gate_task_gates_on_train_json(tmp_path):
     from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 
-    from tasks.gate import gate
+    from prefdesk.tasks.gate import gate
 
     drift = write_run(tmp_path, {"rm/pair_accuracy": 0.9, "rm/length_correlation": 0.95, "ppo/kl": 0.02})
     config = load_config(None, ["model.name=tiny"]).model_dump(mode="json")

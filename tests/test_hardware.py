@@ -84,7 +84,7 @@ def test_the_probe_reads_this_machine():
 
 def test_fp16_base_trains_with_a_loss_scaler(monkeypatch, toy_pairs, run_ctx):
     """A GPU without bf16 gets an fp16 base; the loop scales the loss (run here on the CPU)."""
-    from plugins.dpo import DPOOptimizer
+    from prefdesk.plugins.dpo import DPOOptimizer
     from prefdesk.config import ModelSettings
 
     monkeypatch.setattr(models, "choose_dtype", lambda setting, device: torch.float16)
@@ -114,7 +114,7 @@ def test_compile_estimate(monkeypatch, tmp_path, tiny_policy):
 
 
 def test_short_runs_stay_eager(tiny_policy, toy_pairs, run_ctx, monkeypatch):
-    from plugins.sft import SFTOptimizer
+    from prefdesk.plugins.sft import SFTOptimizer
 
     monkeypatch.delenv("PREFDESK_COMPILE", raising=False)
     res = SFTOptimizer().fit(run_ctx(tiny_policy(), toy_pairs), SFTOptimizer.Params(max_steps=3, batch_size=8))

@@ -147,7 +147,7 @@ def test_token_counts_cached_by_tokenizer_identity(tmp_path, toy_pairs):
 
 def test_reference_cache_reused_across_runs_and_invalidated_by_base_tokenizer_max_length(
         tiny_policy, toy_pairs, run_ctx, tmp_path):
-    from plugins.dpo import dpo_loss
+    from prefdesk.plugins.dpo import dpo_loss
     from prefdesk.engine.loop import train
     from prefdesk.plugin import TrainParams
 
@@ -212,7 +212,7 @@ def harness():
 
 
 def test_nights_through_the_flow(harness, tmp_path):
-    from flows.nightly import nightly
+    from prefdesk.flows.nightly import nightly
     from prefdesk.config import home
     from prefdesk.tracking import client
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prefdesk.refusal import CANDIDATE_SOURCE, REFUSAL_CLASSES, REFUSAL_SOURCES, is_refusal, refusal_head
-from validations.features import refusal_flags
+from prefdesk.validations.features import refusal_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("refusal_benchmark", ROOT / "benchmarks" / "refusal_detector.py")

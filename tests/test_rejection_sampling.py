@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from plugins.rejection_sampling import RejectionSamplingOptimizer as RS
-from plugins.rejection_sampling import distinct_ngrams
-from plugins.reward_model import RewardModelJudge
+from prefdesk.plugins.rejection_sampling import RejectionSamplingOptimizer as RS
+from prefdesk.plugins.rejection_sampling import distinct_ngrams
+from prefdesk.plugins.reward_model import RewardModelJudge
 from test_reward_model import calm_vs_shouting
 
 RM = dict(learning_rate=2e-3, epochs=2, batch_size=8, heldout_share=0.25)
@@ -69,7 +69,7 @@ def test_rounds_resume_after_a_kill_and_tune_with_dpo(tiny_policy, run_ctx, tmp_
     """Two DPO rounds with a reward model from a folder; killed in round two's tuning, the rerun
     loads round one's adapter and round two's kept pairs, and ends where an unbroken run ends."""
     judge_ctx = run_ctx(ending_policy(tiny_policy), pairs=calm_vs_shouting(16), out=tmp_path / "rm", max_length=128)
-    from plugins.reward_model import fit_reward_model
+    from prefdesk.plugins.reward_model import fit_reward_model
 
     folder = fit_reward_model(judge_ctx, RS.Params().reward_model.model_copy(update=RM))[1].artifacts["reward_model"]
     params = RS.Params(rounds=2, prompts_per_round=4, samples_per_prompt=3, tune="dpo", max_steps=2, batch_size=2,

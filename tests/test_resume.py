@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from plugins.dpo import DPOOptimizer
+from prefdesk.plugins.dpo import DPOOptimizer
 
 
 class Killed(Exception):

@@ -13,14 +13,14 @@ import json
 
 import pytest
 
-from plugins.rejection_sampling import RejectionSamplingOptimizer as RS
-from plugins.reward_model import RewardModelParams, fit_reward_model, register_reward_model
+from prefdesk.plugins.rejection_sampling import RejectionSamplingOptimizer as RS
+from prefdesk.plugins.reward_model import RewardModelParams, fit_reward_model, register_reward_model
 from prefdesk.config import load_config
 from prefdesk.pairs import Pair
 from prefdesk.tracking import Tracker, client, start_run
 from test_rejection_sampling import ending_policy
 from test_reward_model import calm_vs_shouting
-from validations.generated import GeneratedPairsRefused, desk_for_generated
+from prefdesk.validations.generated import GeneratedPairsRefused, desk_for_generated
 
 RM = RewardModelParams(learning_rate=2e-3, epochs=6, batch_size=8, heldout_share=0.25)
 RS_PARAMS = RS.Params(samples_per_prompt=4, max_steps=1, batch_size=4, measure_after=False)

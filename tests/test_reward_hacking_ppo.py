@@ -134,7 +134,7 @@ GUARD_RAILS_ONLY = [f"gates.{g}=null" for g in ("over_refusal", "under_refusal",
 
 
 def run(talker: Path, train: Path, ev: Path, name: str) -> dict:
-    from flows.nightly import nightly
+    from prefdesk.flows.nightly import nightly
 
     return nightly(overrides=[
         f"model.name={talker}", "model.dtype=fp32", f"data.train=['{train}']", f"data.eval={ev}",

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from plugins.reward_model import (ADAPTER, RewardModelJudge, RewardModelOptimizer, fit_reward_model, reading_ids,
+from prefdesk.plugins.reward_model import (ADAPTER, RewardModelJudge, RewardModelOptimizer, fit_reward_model, reading_ids,
                                   register_reward_model)
 from prefdesk.judges import JudgeError
 from prefdesk.pairs import Pair
@@ -107,7 +107,7 @@ def test_score_ids_reads_sampler_output_with_or_without_its_end_token(tiny_polic
 
 def test_the_shared_prompt_forward_gives_the_plain_rewards(tiny_policy, run_ctx):
     """Training runs each prompt once for both answers; the judge scores whole rows: the same numbers."""
-    from plugins.reward_model import encode_rm_pairs, pair_rewards
+    from prefdesk.plugins.reward_model import encode_rm_pairs, pair_rewards
 
     policy = tiny_policy()
     judge, _ = train_rm(run_ctx, policy, calm_vs_shouting(16), epochs=1)
@@ -171,7 +171,7 @@ def test_length_biased_pairs_make_a_length_judge_the_desk_and_the_registry_catch
     from prefdesk.config import DataSettings
     from prefdesk.pairs import write_pairs_jsonl
     from prefdesk.tracking import start_run
-    from validations.desk import run_data_desk
+    from prefdesk.validations.desk import run_data_desk
 
     biased = longer_wins()
     judge, result = train_rm(run_ctx, tiny_policy(), biased)

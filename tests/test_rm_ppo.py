@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from plugins.rm_ppo import RMPPOOptimizer, gae, make_rows, policy_logps
+from prefdesk.plugins.rm_ppo import RMPPOOptimizer, gae, make_rows, policy_logps
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plugins.dpo import dpo_loss
-from plugins.sft import sft_loss
+from prefdesk.plugins.dpo import dpo_loss
+from prefdesk.plugins.sft import sft_loss
 from prefdesk.engine.batching import collate, encode_pairs, pack_groups
 from prefdesk.engine.logprobs import answers_logps, batch_logps, group_logps, pair_logps
 from prefdesk.engine.losses import PairLogps

@@ -39,7 +39,7 @@ def test_untouched_adapter_scores_like_the_reference(tiny_policy, items):
 
 
 def test_a_policy_trained_to_agree_is_caught(tiny_policy, run_ctx, items):
-    from plugins.dpo import DPOOptimizer
+    from prefdesk.plugins.dpo import DPOOptimizer
 
     probes = build_probes(items[:16])
     pairs = [Pair(prompt=p.prompt, chosen=p.agree, rejected=p.correct) for p in probes]

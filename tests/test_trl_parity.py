@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from plugins.dpo import dpo_loss  # noqa: E402
+from prefdesk.plugins.dpo import dpo_loss  # noqa: E402
 from prefdesk.engine.batching import collate, encode_pairs  # noqa: E402
 from prefdesk.engine.logprobs import batch_logps  # noqa: E402
 from prefdesk.engine.losses import PairLogps  # noqa: E402

@@ -12,8 +12,8 @@ import pytest
 
 from prefdesk.config import CheckThresholds, DataSettings
 from prefdesk.pairs import read_pairs_jsonl
-from validations.desk import run_data_desk
-from validations.features import agreement_stats, fleiss_kappa, is_refusal, normalize
+from prefdesk.validations.desk import run_data_desk
+from prefdesk.validations.features import agreement_stats, fleiss_kappa, is_refusal, normalize
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WORDS = ("alpha beta gamma delta river stone cloud light paper table window garden music "
@@ -317,7 +317,7 @@ def test_ties_are_quarantined_but_not_counted_as_defects(tmp_path):
 
 
 def test_the_gx_result_is_the_verdict_and_a_check_is_added_in_one_place(tmp_path, monkeypatch):
-    from validations import checks as C
+    from prefdesk.validations import checks as C
 
     rows = clean_rows(40)
     for r in rows[:30]:
@@ -341,7 +341,7 @@ def test_the_gx_result_is_the_verdict_and_a_check_is_added_in_one_place(tmp_path
 
     rows[1]["prompt"] = "Hi"
     monkeypatch.setattr(C, "CHECKS", [*C.CHECKS, ShortPrompts()])
-    monkeypatch.setattr("validations.desk.CHECKS", C.CHECKS)
+    monkeypatch.setattr("prefdesk.validations.desk.CHECKS", C.CHECKS)
     rep = desk(tmp_path, rows, data_docs=True)
     for c in rep.checks:
         if c.gate:  # the gate is its expectations' success, nothing recomputed beside it

@@ -30,11 +30,11 @@ import pandas as pd
 
 from prefdesk.config import CheckThresholds, DataSettings
 from prefdesk.readers import ReadResult
-from validations import features as F
+from prefdesk.validations import features as F
 
 
 def _gx():
-    from validations import gx_suites
+    from prefdesk.validations import gx_suites
 
     return gx_suites
 
@@ -359,7 +359,7 @@ class LabelDirection(Check):
     name = "label_direction"
 
     def summary(self, d):
-        from validations.direction import estimate
+        from prefdesk.validations.direction import estimate
 
         pairs = [d.read.pairs[int(r)] for r in d.accepted["row"]]
         est = estimate(pairs, d.wins, policy=d.policy, max_length=d.settings.max_length,

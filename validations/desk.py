@@ -31,8 +31,8 @@ from prefdesk.atomic import write_text
 from prefdesk.config import DataSettings, PrefdeskConfig
 from prefdesk.pairs import Pair, Quarantined, write_pairs_jsonl
 from prefdesk.readers import read_pairs
-from validations import features as F
-from validations.checks import CHECKS, Check, Desk, reason_key
+from prefdesk.validations import features as F
+from prefdesk.validations.checks import CHECKS, Check, Desk, reason_key
 
 CHECK_ORDER = tuple(c.name for c in CHECKS)
 
@@ -191,7 +191,7 @@ def run_data_desk(paths: list[str], settings: DataSettings, out_dir: str | Path,
     offending rows the checks' quarantine rules take, first reason wins; the accepted
     frame and every check's expectations over it; the summary figures and theirs. A
     check's verdict is its expectations' success (`validations.checks`)."""
-    from validations import gx_suites  # lazy: imports great_expectations
+    from prefdesk.validations import gx_suites  # lazy: imports great_expectations
 
     clock = _Clock()
     out = Path(out_dir).resolve()

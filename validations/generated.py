@@ -25,7 +25,7 @@ class GeneratedPairsRefused(RuntimeError):
 def desk_for_generated(cfg: PrefdeskConfig, tracker: Tracker, root: str | Path, fail_on_gates: bool = True) -> PairCheck:
     """A `ctx.check_pairs`: writes the pairs, runs the desk, logs its figures under
     `data/generated/<label>/...`, returns the accepted pairs (or refuses them all)."""
-    from validations.desk import run_for_config
+    from prefdesk.validations.desk import run_for_config
 
     def check(pairs: list[Pair], label: str) -> list[Pair]:
         folder = Path(root) / "generated" / label
