@@ -13,6 +13,11 @@ def prefdesk_env(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("HF_HUB_OFFLINE", "1")
     mp.setenv("PREFDESK_HOME", str(tmp_path_factory.mktemp("prefdesk-home")))
+    # Prefect's console handler keeps the stderr it was created with: set it up now, on the
+    # session's stream, not inside a test whose stream (a CliRunner's, a capsys') is closed after it.
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
     yield os.environ["PREFDESK_HOME"]
     mp.undo()
 
