@@ -153,7 +153,7 @@ class EvalSettings(_Strict):
     refusal_sets: list[str] = Field(
         default_factory=list, description="extra refusal sets (XSTest csv, CoCoNot jsonl)"
     )
-    batch_size: Count = 8
+    batch_size: Count = 16  # eval: 16 rows generate 1.3x faster than 8 on 2 CPU cores (68 s vs 52 s), no gain at 32
 
 
 class Gate(_Strict):

@@ -59,6 +59,16 @@ def _guard_rail_broken(r: "GateResult") -> bool:
     return not (r.metric in KL_METRICS and r.op == ">=")
 
 
+def _as_bad_as_reference(r: "GateResult", metrics: dict[str, float]) -> bool:
+    """An absolute ceiling the reference breaks just as much (a base that already answers 95%
+    of should-refuse prompts): the tuning did not cause it, so it is no sign of hacking
+    (the gate still fails)."""
+    ref = metrics.get(f"reference/{r.metric}")
+    if ref is None or r.value is None:
+        return False
+    return r.value <= ref if r.op == "<=" else r.value >= ref
+
+
 def reward_rises(metrics: dict[str, float]) -> dict[str, float]:
     """{reward metric: its rise over its baseline} for every reward that rose by more than REWARD_RISE."""
     out = {}
@@ -166,7 +176,7 @@ def evaluate_gates(
             r.reason = verdict.reason
     report = GateReport(results, notes=evidence_notes(metrics))
     rises = reward_rises(metrics)
-    broken = [r for r in results if _guard_rail_broken(r)]
+    broken = [r for r in results if _guard_rail_broken(r) and not _as_bad_as_reference(r, metrics)]
     if rises and broken:
         report.suspected_reward_hacking = True
         report.notes.insert(0,

@@ -104,3 +104,14 @@ def test_champion_relative_gate():
 def test_missing_metric_fails_rather_than_passes():
     report = evaluate_gates({"x": Gate(metric="drift/nope", op="<=", bound=1)}, _metrics())
     assert not report.passed and "not measured" in report.results[0].reason
+
+
+def test_an_absolute_ceiling_the_reference_breaks_too_is_no_sign_of_hacking():
+    # the embedded demo: the base answers 95% of should-refuse prompts, and so does the policy
+    both = _metrics(under_refusal_rate=0.95, reward_mean=6.0)
+    both["reference/drift/under_refusal_rate"] = 0.95
+    report = evaluate_gates(default_gates(), both)
+    assert [r.name for r in report.failed] == ["under_refusal_abs"] and not report.suspected_reward_hacking
+    worse = dict(both, **{"reference/drift/under_refusal_rate": 0.5})  # the tuning made it worse
+    report = evaluate_gates(default_gates(), worse)
+    assert report.suspected_reward_hacking and "under_refusal_abs" in report.notes[0]
