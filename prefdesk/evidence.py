@@ -328,7 +328,7 @@ def evidence_notes(metrics: dict[str, float], level: float = DEFAULT_LEVEL) -> l
     and, when neither shows a gain, that in plain words."""
     win, pairs = from_metrics(metrics, level)
     notes = [x.describe() for x in (win, pairs) if x is not None]
-    if win is not None and win.contains_half() and (pairs is None or pairs.diff_lower <= 0):
+    if win is not None and win.contains_half and (pairs is None or pairs.diff_lower <= 0):
         notes.append("nothing significant was learnt: the win rate's interval contains 0.5 and held-out "
                      "pair accuracy did not rise with confidence")
     return notes

@@ -121,7 +121,8 @@ def test_the_verdict_reads_back_from_the_flat_figures_of_drift_json():
     assert verdict_from_metrics({**metrics, "drift/kl_per_token": 0.05}).promotes
     assert verdict_from_metrics({"drift/kl_per_token": 0.00017, "drift/win_rate": 0.5}) is None  # an old drift.json
     notes = evidence_notes(metrics)
-    assert len(notes) == 2 and "32 ties" in notes[0] and "0 gained, 0 lost" in notes[1]
+    assert len(notes) == 3 and "32 ties" in notes[0] and "0 gained, 0 lost" in notes[1]
+    assert notes[2].startswith("nothing significant was learnt")
 
 
 def test_the_no_op_run_on_the_tiny_model_is_refused_and_a_moved_one_is_not(tiny_policy):
