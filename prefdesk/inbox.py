@@ -38,10 +38,9 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
-from prefdesk.atomic import write_json, write_text
+from prefdesk.atomic import file_lock, write_json, write_text
 from prefdesk.config import DataSettings, home
 from prefdesk.pairs import Pair, Quarantined
 from prefdesk.readers import DataError, ReadResult, read_pairs, resolve
@@ -164,21 +163,10 @@ def ingest_night(settings: DataSettings, out_dir: str | Path, run: str = "") -> 
         raise InboxError(f"data.inbox: {inbox} is not a folder")
     store = held_dir(settings)
     store.mkdir(parents=True, exist_ok=True)
-    with _locked(store / ".lock"):
+    with file_lock(store / ".lock"):  # one night at a time (two would both take the same files)
         return _ingest(settings, inbox, store, Path(out_dir), run)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One night at a time per held store (two at once would both take the same files)."""
-    import fcntl
-
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _ingest(settings: DataSettings, inbox: Path, store: Path, out: Path, run: str) -> Night:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from prefdesk.atomic import file_lock
 from prefdesk.config import home
 from prefdesk.redact import move_http_credentials, redact
 
@@ -107,17 +108,6 @@ def _probe_writable(folder: Path) -> None:
                          "fix its permissions, or set PREFDESK_HOME to a writable folder") from None
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (concurrent first runs create the store once)."""
-    import fcntl
-
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _schema_state(db: Path) -> tuple[str | None, int]:
@@ -180,7 +170,8 @@ def prepare_sqlite_store(db: Path, write: bool = True) -> None:
         _probe_writable(db.parent)
     elif not db.exists():
         raise StoreError(f"no MLflow store at {db} yet: run `prefdesk run` or `prefdesk train` first")
-    with _file_lock(db.with_name(f".{db.name}.lock")) if write else contextlib.nullcontext():
+    # concurrent first runs create the store once
+    with file_lock(db.with_name(f".{db.name}.lock")) if write else contextlib.nullcontext():
         if db.exists() and db.stat().st_size > 0:
             try:
                 revision, rows = _schema_state(db)
