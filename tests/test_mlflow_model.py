@@ -81,7 +81,9 @@ def test_tiny_base_is_rebuilt_from_its_seed_and_checked():
 def _adapter(tmp_path, **tokenizer_config):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/home/someone/.cache/prefdesk/base",
+    # the base as PEFT records it: an absolute path of the machine that trained it
+    base = str((tmp_path / "cache" / "prefdesk" / "base").resolve())
+    (src / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base,
                                                          "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}))
     (src / "README.md").write_text("# Model Card for Model ID\n[More Information Needed]\n")
     (src / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", **tokenizer_config}))
