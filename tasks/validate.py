@@ -98,19 +98,26 @@ def _desk_key(cfg: PrefdeskConfig, window_path: str) -> str:
     return h.hexdigest()[:24]
 
 
+_DESK_OUTPUTS = ("accepted_pairs.jsonl", "quarantine.jsonl", "data_report.json", "data_docs")
+
+
+def _copy_outputs(src: Path, dst: Path) -> None:
+    """The desk's output files and Data Docs folder, from one folder to another."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in _DESK_OUTPUTS:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
+        elif (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
+
+
 def _run_desk(files: list[str], cfg: PrefdeskConfig, out: Path, memo: Path | None) -> dict[str, Any]:
     """The desk's outcome as a plain dict (what the task logs and returns). With `memo` (an
     inbox window), a window validated before under the same key is not validated again: its
     outputs are copied from the memo, and the outcome says `reused_from`."""
-    names = ("accepted_pairs.jsonl", "quarantine.jsonl", "data_report.json", "data_docs")
     if memo is not None and (memo / "outcome.json").exists():
         outcome = json.loads((memo / "outcome.json").read_text())
-        out.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            if (memo / name).is_dir():
-                shutil.copytree(memo / name, out / name, dirs_exist_ok=True)
-            elif (memo / name).exists():
-                shutil.copyfile(memo / name, out / name)
+        _copy_outputs(memo, out)
         return outcome | {k: str(out / v) for k, v in outcome["files"].items()}
     report = run_for_config(files, cfg, out)
     if memo is not None:
@@ -129,12 +136,7 @@ def _run_desk(files: list[str], cfg: PrefdeskConfig, out: Path, memo: Path | Non
     } | {k: str(v) for k, v in files_of.items()}
     if memo is not None:
         tmp = memo.with_name(f".{memo.name}.tmp-{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            if (out / name).is_dir():
-                shutil.copytree(out / name, tmp / name, dirs_exist_ok=True)
-            elif (out / name).exists():
-                shutil.copyfile(out / name, tmp / name)
+        _copy_outputs(out, tmp)
         write_json(tmp / "outcome.json", outcome | {"validated_in": str(out)})
         if memo.exists():
             shutil.rmtree(tmp)
