@@ -113,11 +113,9 @@ def desk(tmp_path_factory):
         yield {"browser": browser, "prefect": f"http://127.0.0.1:{pport}", "mlflow": f"http://127.0.0.1:{mport}",
                "summary": summary, "shots": Path(summary["run_dir"]) / "screenshots"}
     finally:
-        ui.terminate()
-        try:
-            ui.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            ui.kill()
+        from prefdesk.lifecycle import stop
+
+        stop([ui], grace_s=30)
 
 
 def test_prefect_ui_shows_the_flow_run_and_its_gate_table(desk):

@@ -113,11 +113,9 @@ def test_the_flow_tracks_to_an_mlflow_server_on_postgresql(postgres, tmp_path):
         # and its artifacts went through the server to its artifact store, not to PREFDESK_HOME
         assert any((tmp_path / "artifacts").rglob("gates.json"))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        from prefdesk.lifecycle import stop
+
+        stop([server], grace_s=30)
 
 
 # --- accelerate launch: two processes train as one ------------------------------------------------
